@@ -1,0 +1,525 @@
+"""The ingest service: results files in, scenario and run messages out.
+
+* Watches ``--results-dir`` (not recursively) for ``test_results_*.json`` and scans it at start-up, because
+  events that happen while the watcher is down are lost.
+* A truncated file (the writer has not finished) is retried with backoff until it parses or the settle
+  deadline passes; a new event for the file wakes the retry at once.
+* A file that cannot be used is moved to ``<results-dir>/rejected/`` with ``<name>.error.json`` beside it,
+  an ``ErrorEvent`` is published, one log line is written, and the service goes on with the next file.
+* A NATS outage never rejects a file: publishing is retried until NATS is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.ingest.publisher import ClaimLostError, PayloadTooLargeError, RunPublisher, publish_error
+from shared import bus, subjects
+from shared.config import byte_size, flag, non_negative_float, port, positive_float
+from shared.httpserver import StatusServer
+from shared.resultsfile import (
+    ParsedRun,
+    ResultsFileError,
+    TruncatedFileError,
+    decode_results,
+    is_results_file_name,
+)
+from shared.schemas import ErrorEvent
+
+log = logging.getLogger("ingest")
+
+SERVICE = "ingest"
+DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
+REJECTED_DIR = "rejected"
+_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--results-dir",
+        env="RESULTS_DIR",
+        default="./test_results",
+        help="directory the benchmark runner drops test_results_*.json into",
+    )
+    flag(
+        parser,
+        "--max-file-bytes",
+        env="INGEST_MAX_FILE_BYTES",
+        default=DEFAULT_MAX_FILE_BYTES,
+        type=byte_size,
+        help="larger files are rejected without being read (accepts 16MiB, 500k, ...)",
+    )
+    flag(
+        parser,
+        "--settle-seconds",
+        env="INGEST_SETTLE_SECONDS",
+        default=30.0,
+        type=positive_float,
+        help="how long a truncated (still being written) file is retried before it is rejected",
+    )
+    flag(
+        parser,
+        "--debounce-ms",
+        env="INGEST_DEBOUNCE_MS",
+        default=300,
+        type=int,
+        help="file-system events closer than this are handled as one batch",
+    )
+    flag(
+        parser,
+        "--poll",
+        env="INGEST_FORCE_POLLING",
+        default=False,
+        type=bool,
+        help="poll the directory instead of using inotify (needed on some Docker/WSL bind mounts)",
+    )
+    flag(
+        parser,
+        "--status-port",
+        env="INGEST_STATUS_PORT",
+        default=0,
+        type=port,
+        help="serve /metrics, /health and /ready on this port (0: off)",
+    )
+    flag(parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address for --status-port")
+    flag(
+        parser,
+        "--prometheus-url",
+        env="PROMETHEUS_URL",
+        default=None,
+        help="Prometheus/VictoriaMetrics base URL for telemetry enrichment",
+    )
+    flag(
+        parser,
+        "--publish-retry-max-seconds",
+        env="INGEST_PUBLISH_RETRY_MAX",
+        default=10.0,
+        type=non_negative_float,
+        help="longest pause between attempts to publish while NATS is unavailable",
+    )
+    parser.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        help="one-shot mode: publish these files and exit (non-zero on bad input)",
+    )
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    results_dir: Path
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    settle_seconds: float = 30.0
+    debounce_ms: int = 300
+    force_polling: bool = False
+    publish_retry_max: float = 10.0
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.files = Counter(
+            "transcode_ingest_files_total",
+            "Results files handled, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "transcode_ingest_rejected_files_total",
+            "Results files moved to rejected/, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.scenarios = Counter(
+            "transcode_ingest_scenarios_published_total",
+            "Scenario messages published",
+            registry=self.registry,
+        )
+        self.publish_retries = Counter(
+            "transcode_ingest_publish_retries_total",
+            "Publish attempts retried because NATS was unavailable",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "transcode_ingest_ready", "1 once the start-up scan is done", registry=self.registry
+        )
+
+
+class Rejection(Exception):
+    def __init__(self, error: ResultsFileError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ResultsFileError(
+            "too_large",
+            f"file grew past the {limit}-byte limit while being read",
+            expected=f"<= {limit} bytes",
+        )
+    return data
+
+
+class IngestService:
+    def __init__(
+        self, settings: IngestSettings, publisher: RunPublisher, js: JetStreamContext, metrics: IngestMetrics
+    ) -> None:
+        self.settings = settings
+        self.root = settings.results_dir
+        self.publisher = publisher
+        self.js = js
+        self.metrics = metrics
+        self.scan_done = asyncio.Event()
+        self._tasks: dict[Path, asyncio.Task[None]] = {}
+        self._wake: dict[Path, asyncio.Event] = {}
+        self._stop = asyncio.Event()
+
+    # -- file checks -----------------------------------------------------------------------------------------
+
+    def _check_and_read(self, path: Path) -> bytes:
+        """Everything that can be said about a file before parsing it. Runs in a thread."""
+        root = self.root.resolve()
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                raise ResultsFileError(
+                    "outside_directory",
+                    "symbolic link points outside the results directory; it is not read",
+                    expected=f"a file inside {root}",
+                )
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ResultsFileError("unreadable", f"cannot stat file: {exc.strerror}") from None
+        limit = self.settings.max_file_bytes
+        if size > limit:
+            raise ResultsFileError(
+                "too_large",
+                f"file is {size} bytes, over the {limit}-byte limit; it was not read",
+                expected=f"<= {limit} bytes",
+            )
+        try:
+            return _read_bounded(path, limit)
+        except PermissionError as exc:
+            raise ResultsFileError("unreadable", f"cannot read file: {exc.strerror}") from None
+
+    # -- rejection ---------------------------------------------------------------------------------------------
+
+    def _move_aside(self, path: Path, event: ErrorEvent) -> Path:
+        target_dir = self.root / REJECTED_DIR
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / path.name
+        if target.exists() or target.is_symlink():
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            target = target_dir / f"{path.stem}.{stamp}.{time.time_ns() % 1_000_000}{path.suffix}"
+        path.replace(target)
+        sidecar = target.with_name(target.name + ".error.json")
+        sidecar.write_bytes(
+            msgspec.json.format(msgspec.json.encode(msgspec.structs.replace(event, moved_to=str(target))))
+        )
+        return target
+
+    async def _reject(self, path: Path, error: ResultsFileError) -> None:
+        event = ErrorEvent(
+            service=SERVICE,
+            reason=error.reason,
+            message=error.message,
+            at=time.time(),
+            file=path.name,
+            json_path=error.json_path,
+            expected=error.expected,
+        )
+        moved: Path | None = None
+        try:
+            moved = await asyncio.to_thread(self._move_aside, path, event)
+        except FileNotFoundError:
+            pass  # gone already: nothing to move
+        except OSError as exc:
+            log.error("could not move %s aside: %s", path.name, exc)
+        where = f" at {error.json_path}" if error.json_path else ""
+        expected = f" (expected {error.expected})" if error.expected else ""
+        log.error(
+            "rejected %s: %s%s%s -> %s",
+            path.name,
+            error.reason,
+            where,
+            expected,
+            moved if moved else "left in place",
+        )
+        self.metrics.files.labels("rejected").inc()
+        self.metrics.rejected.labels(error.reason).inc()
+        event = msgspec.structs.replace(event, moved_to=str(moved) if moved else None)
+        await self._publish_event(event)
+
+    async def _publish_event(self, event: ErrorEvent) -> None:
+        # The file is already safe in rejected/ with its sidecar; the event is best effort but retried a while.
+        for delay in (0.5, 1, 2, 4, 8):
+            try:
+                await publish_error(self.js, event)
+                return
+            except _TRANSIENT as exc:
+                log.warning("could not publish error event (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+        log.error("gave up publishing error event for %s; see its .error.json sidecar", event.file)
+
+    # -- processing ---------------------------------------------------------------------------------------------
+
+    async def _publish_with_retry(self, run: ParsedRun) -> None:
+        delay = 0.5
+        while True:
+            try:
+                outcome = await self.publisher.publish(run)
+            except (ClaimLostError, *_TRANSIENT) as exc:
+                if self._stop.is_set():
+                    raise
+                self.metrics.publish_retries.inc()
+                log.warning(
+                    "publishing %s failed (%s); retrying in %.1fs", run.file_name, type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.publish_retry_max)
+                continue
+            break
+        if outcome.duplicate:
+            self.metrics.files.labels("duplicate").inc()
+            log.info(
+                "%s: content already published (generation %d); nothing new",
+                run.file_name,
+                outcome.generation,
+            )
+        else:
+            self.metrics.files.labels("published").inc()
+            self.metrics.scenarios.inc(len(run.results.scenarios))
+            log.info(
+                "published %s: %d scenarios, digest %s, generation %d",
+                run.run_id,
+                len(run.results.scenarios),
+                run.digest,
+                outcome.generation,
+            )
+
+    async def process(self, path: Path) -> None:
+        """Handle one file to completion: published, found duplicate, rejected, or gone."""
+        wake = self._wake.setdefault(path, asyncio.Event())
+        deadline = time.monotonic() + self.settings.settle_seconds
+        delay = 0.1
+        while True:
+            wake.clear()
+            try:
+                data = await asyncio.to_thread(self._check_and_read, path)
+                run = decode_results(data, path.name)
+                self.publisher.encode_scenarios(run)  # refuse oversize scenarios before claiming anything
+            except FileNotFoundError:
+                return
+            except TruncatedFileError as exc:
+                if time.monotonic() >= deadline:
+                    await self._reject(
+                        path,
+                        ResultsFileError(
+                            "truncated",
+                            f"{exc.message}; still incomplete after {self.settings.settle_seconds:g}s",
+                            expected="a complete JSON document",
+                        ),
+                    )
+                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except ResultsFileError as exc:
+                await self._reject(path, exc)
+                return
+            except PayloadTooLargeError as exc:
+                await self._reject(
+                    path,
+                    ResultsFileError(
+                        "scenario_too_large",
+                        str(exc),
+                        json_path=f"$.scenarios[{exc.index}]",
+                        expected=f"a scenario that encodes to under {self.publisher.max_payload} bytes",
+                    ),
+                )
+                return
+            await self._publish_with_retry(run)
+            if not wake.is_set():
+                return
+            # Changed again while we were publishing: read it once more.
+
+    def schedule(self, path: Path) -> None:
+        if not is_results_file_name(path.name) or path.parent.resolve() != self.root.resolve():
+            return
+        task = self._tasks.get(path)
+        if task is not None and not task.done():
+            self._wake.setdefault(path, asyncio.Event()).set()
+            return
+        task = asyncio.create_task(self._guarded(path), name=f"ingest:{path.name}")
+        self._tasks[path] = task
+
+    async def _guarded(self, path: Path) -> None:
+        try:
+            await self.process(path)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug must not take the watcher down with it; the file stays where it is for the next scan.
+            log.exception("unexpected error while ingesting %s", path.name)
+        finally:
+            self._tasks.pop(path, None)
+            self._wake.pop(path, None)
+
+    async def scan(self) -> None:
+        for path in sorted(self.root.glob("test_results_*.json")):
+            self.schedule(path)
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from watchfiles import Change, awatch
+
+        self._stop = stop
+        self.root.mkdir(parents=True, exist_ok=True)
+        watcher = awatch(
+            self.root,
+            stop_event=stop,
+            debounce=self.settings.debounce_ms,
+            step=50,
+            recursive=False,
+            force_polling=self.settings.force_polling or None,
+        )
+        # Start watching before scanning, so a file dropped during the scan is not missed.
+        iterator = watcher.__aiter__()
+        first = asyncio.ensure_future(iterator.__anext__())
+        await self.scan()
+        self.scan_done.set()
+        self.metrics.ready.set(1)
+        log.info("watching %s for test_results_*.json", self.root)
+        try:
+            while True:
+                try:
+                    changes = await first
+                except StopAsyncIteration:
+                    break
+                for change, raw in changes:
+                    if change in (Change.added, Change.modified):
+                        self.schedule(Path(raw))
+                first = asyncio.ensure_future(iterator.__anext__())
+        finally:
+            first.cancel()
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def open_publisher(cfg: bus.NatsConfig) -> tuple[NATS, JetStreamContext, RunPublisher]:
+    """Connect, make sure streams and the ingest bucket exist, and return a ready publisher."""
+    nc = await bus.connect(cfg, name=SERVICE)
+    js = nc.jetstream()
+    await bus.ensure_topology(js, replicas=cfg.replicas)
+    kv = await bus.ensure_kv(js, subjects.KV_INGESTED, history=5, replicas=cfg.replicas)
+    return nc, js, RunPublisher(js, kv, max_payload=nc.max_payload)
+
+
+async def one_shot(args: argparse.Namespace) -> int:
+    """Publish the named files and exit; bad input is reported on stderr and in an error event."""
+    nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
+    failures = 0
+    try:
+        for path in args.files:
+            try:
+                if path.stat().st_size > args.max_file_bytes:
+                    raise ResultsFileError("too_large", f"file is over the {args.max_file_bytes}-byte limit")
+                run = decode_results(_read_bounded(path, args.max_file_bytes), path.name)
+                outcome = await publisher.publish(run)
+            except FileNotFoundError:
+                failures += 1
+                print(f"{path}: no such file", file=sys.stderr)
+                continue
+            except (ResultsFileError, PayloadTooLargeError) as exc:
+                failures += 1
+                error = (
+                    exc
+                    if isinstance(exc, ResultsFileError)
+                    else ResultsFileError(
+                        "scenario_too_large", str(exc), json_path=f"$.scenarios[{exc.index}]"
+                    )
+                )
+                where = f" at {error.json_path}" if error.json_path else ""
+                expected = f"; expected {error.expected}" if error.expected else ""
+                print(f"{path}: {error.reason}{where}: {error.message}{expected}", file=sys.stderr)
+                await publish_error(
+                    js,
+                    ErrorEvent(
+                        service=SERVICE,
+                        reason=error.reason,
+                        message=error.message,
+                        at=time.time(),
+                        file=path.name,
+                        json_path=error.json_path,
+                        expected=error.expected,
+                    ),
+                )
+                continue
+            state = "already published" if outcome.duplicate else "published"
+            print(
+                f"{path}: {state} as run {outcome.run_id} (digest {outcome.digest}, "
+                f"generation {outcome.generation}, {len(run.results.scenarios)} scenarios)"
+            )
+    finally:
+        await bus.drain(nc)
+    return 1 if failures else 0
+
+
+async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    if args.files:
+        return await one_shot(args)
+    settings = IngestSettings(
+        results_dir=Path(args.results_dir),
+        max_file_bytes=args.max_file_bytes,
+        settle_seconds=args.settle_seconds,
+        debounce_ms=args.debounce_ms,
+        force_polling=args.poll,
+        publish_retry_max=args.publish_retry_max_seconds,
+    )
+    metrics = IngestMetrics()
+    nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
+    service = IngestService(settings, publisher, js, metrics)
+    status: StatusServer | None = None
+    if args.status_port:
+        status = StatusServer(
+            metrics.registry,
+            host=args.bind,
+            port=args.status_port,
+            ready=lambda: service.scan_done.is_set() and nc.is_connected,
+            name="ingest",
+        )
+        status.start()
+        log.info("ingest status on http://%s:%d/metrics", args.bind, status.port)
+    try:
+        await service.run(stop)
+    finally:
+        if status is not None:
+            status.stop()
+        await bus.drain(nc)
+    log.info("ingest stopped")
+    return 0

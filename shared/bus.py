@@ -1,0 +1,286 @@
+"""The one NATS helper: connection options, idempotent JetStream topology, graceful shutdown.
+
+Services call :func:`connect` with a :class:`NatsConfig` built from their flags, then :func:`ensure_topology`
+(idempotent: every service may call it at start-up, in any order, any number of replicas at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from shared import subjects
+from shared.config import flag, positive_float, redact_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+#: JetStream's publish-dedupe window (Nats-Msg-Id); the ingest KV record covers restarts beyond it.
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    servers: list[str]
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout: float = 5.0
+    replicas: int = 1
+
+    def display(self) -> str:
+        """Server list safe to log: credentials in URLs are masked."""
+        return ",".join(redact_url(s) for s in self.servers)
+
+
+def add_nats_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("NATS connection")
+    flag(
+        group,
+        "--nats-url",
+        env="NATS_URL",
+        default=DEFAULT_NATS_URL,
+        help="NATS server URL(s), comma-separated",
+    )
+    flag(group, "--nats-user", env="NATS_USER", default=None, help="NATS user name")
+    flag(group, "--nats-password", env="NATS_PASSWORD", default=None, help="NATS password", secret=True)
+    flag(group, "--nats-token", env="NATS_TOKEN", default=None, help="NATS auth token", secret=True)
+    flag(group, "--nats-creds", env="NATS_CREDS", default=None, help="NATS credentials (.creds) file")
+    flag(group, "--nats-tls-ca", env="NATS_TLS_CA", default=None, help="CA bundle to verify the NATS server")
+    flag(
+        group, "--nats-tls-cert", env="NATS_TLS_CERT", default=None, help="client certificate for mutual TLS"
+    )
+    flag(group, "--nats-tls-key", env="NATS_TLS_KEY", default=None, help="client key for mutual TLS")
+    flag(
+        group,
+        "--nats-connect-timeout",
+        env="NATS_CONNECT_TIMEOUT",
+        default=5.0,
+        type=positive_float,
+        help="seconds to wait for each connection attempt",
+    )
+    flag(
+        group,
+        "--js-replicas",
+        env="JS_REPLICAS",
+        default=1,
+        type=int,
+        help="replicas for streams and buckets this service creates (3 on a NATS cluster)",
+    )
+
+
+def nats_config_from_args(args: argparse.Namespace) -> NatsConfig:
+    return NatsConfig(
+        servers=[s.strip() for s in str(args.nats_url).split(",") if s.strip()],
+        user=args.nats_user,
+        password=args.nats_password,
+        token=args.nats_token,
+        creds_file=args.nats_creds,
+        tls_ca=args.nats_tls_ca,
+        tls_cert=args.nats_tls_cert,
+        tls_key=args.nats_tls_key,
+        connect_timeout=args.nats_connect_timeout,
+        replicas=args.js_replicas,
+    )
+
+
+def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
+    if not (cfg.tls_ca or cfg.tls_cert):
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.tls_ca)
+    if cfg.tls_cert:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    return ctx
+
+
+async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
+    """Connect with reconnects forever (a NATS outage pauses work; it must not end the process)."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error: %s", type(exc).__name__ if cfg.password or cfg.token else exc)
+
+    async def on_disconnected() -> None:
+        log.warning("disconnected from NATS")
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS")
+
+    options: dict[str, Any] = {
+        "servers": cfg.servers,
+        "name": name,
+        "connect_timeout": cfg.connect_timeout,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_time_wait": 1,
+        "allow_reconnect": True,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+    }
+    if cfg.user:
+        options["user"] = cfg.user
+    if cfg.password:
+        options["password"] = cfg.password
+    if cfg.token:
+        options["token"] = cfg.token
+    if cfg.creds_file:
+        options["user_credentials"] = cfg.creds_file
+    tls = _tls_context(cfg)
+    if tls is not None:
+        options["tls"] = tls
+    nc = await nats.connect(**options)
+    log.info("connected to NATS at %s", cfg.display())
+    return nc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Topology
+# ---------------------------------------------------------------------------------------------------------
+
+
+def stream_configs(replicas: int = 1) -> list[js_api.StreamConfig]:
+    """Every stream of the system. Limits retention: other tools may attach their own consumers."""
+    common: dict[str, Any] = {
+        "retention": js_api.RetentionPolicy.LIMITS,
+        "storage": js_api.StorageType.FILE,
+        "num_replicas": replicas,
+        "duplicate_window": DUPLICATE_WINDOW_SECONDS,
+        "allow_direct": True,
+    }
+    return [
+        # One message per subject: a re-published scenario or manifest replaces the old copy, so the stream
+        # never holds two versions of the same thing.
+        js_api.StreamConfig(
+            name=subjects.INGEST_STREAM,
+            subjects=subjects.INGEST_STREAM_SUBJECTS,
+            max_msgs_per_subject=1,
+            description="Ingested runs: scenarios and run manifests",
+            **common,
+        ),
+        js_api.StreamConfig(
+            name=subjects.RESULTS_STREAM,
+            subjects=subjects.RESULTS_STREAM_SUBJECTS,
+            max_msgs_per_subject=1,
+            description="Computed results per run and worker kind",
+            **common,
+        ),
+        js_api.StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=subjects.EVENTS_STREAM_SUBJECTS,
+            max_age=30 * 24 * 3600.0,
+            max_msgs=100_000,
+            description="Errors and pipeline events",
+            **common,
+        ),
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> js_api.StreamInfo:
+    """Create the stream, or bring an existing one to this configuration."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            return await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Another replica created it between our lookup and our create.
+            pass
+    return await js.update_stream(config)
+
+
+async def ensure_kv(
+    js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1, max_bytes: int | None = None
+) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            js_api.KeyValueConfig(bucket=bucket, history=history, replicas=replicas, max_bytes=max_bytes)
+        )
+
+
+async def ensure_pull_consumer(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    filter_subject: str,
+    *,
+    ack_wait: float = 120.0,
+    max_deliver: int = 10,
+) -> None:
+    """A durable pull consumer shared by every replica of one worker type, so replicas split the work."""
+    config = js_api.ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+    )
+    await js.add_consumer(stream, config)
+
+
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+    for config in stream_configs(replicas):
+        await ensure_stream(js, config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Graceful shutdown
+# ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def shutdown_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM/SIGINT (first signal); the service then drains and exits 0."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix or not main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run_async(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    """Run a service's ``main(stop)`` with signal handling; returns its exit code."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        with shutdown_on_signals(stop):
+            return await main(stop)
+
+    return asyncio.run(runner())
+
+
+async def drain(nc: NATS) -> None:
+    """Flush pending publishes and close; never raises during shutdown."""
+    with contextlib.suppress(Exception):
+        if nc.is_connected:
+            await nc.drain()
+    with contextlib.suppress(Exception):
+        await nc.close()

@@ -1,0 +1,88 @@
+"""A small threaded HTTP listener: ``/metrics`` (prometheus-client exposition), ``/health``, ``/ready``.
+
+Scrapes are served from a thread so a slow scrape never blocks the asyncio loop (or ``/health``: the old
+exporters' single-threaded server did, B-X2). Rendering uses prometheus-client's own encoders, so content
+negotiation (text 0.0.4 / 1.0.0, OpenMetrics) is whatever the client library does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+
+class StatusServer:
+    """Serves one registry. ``ready`` is polled on each ``/ready`` request."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str,
+        port: int,
+        ready: Callable[[], bool] = lambda: True,
+        name: str = "metrics",
+    ) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.name = name
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # scrapes every few seconds would drown the log
+
+            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                if path == "/metrics":
+                    try:
+                        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                        body = encoder(server_self.registry)
+                    except Exception:
+                        log.exception("rendering /metrics failed")
+                        self._send(500, b"internal error rendering metrics\n")
+                        return
+                    self._send(200, body, content_type)
+                elif path == "/health":
+                    self._send(200, b"OK\n")
+                elif path == "/ready":
+                    ok = server_self.ready()
+                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._send(404, b"Not Found\n")
+
+            do_HEAD = do_GET
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"http-{name}", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,209 @@
+"""Every data shape the system reads or publishes, as ``msgspec.Struct`` types.
+
+Two groups live here:
+
+* the **results file** written by the benchmark runner (``ResultsFile``, ``Scenario``, ``Output``, ...), which
+  follows the old exporters' input contract (metric-contract.md section 3.3) field for field, plus an optional
+  inline ``telemetry`` block;
+* the **messages** this system publishes on NATS. Each carries ``schema_version``; a consumer that sees a
+  higher major version than it knows should refuse the message rather than guess.
+
+Run ``transcode-energy schema --out docs/schemas`` to regenerate the JSON Schema of every message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+#: Bumped when a published message changes incompatibly.
+SCHEMA_VERSION = 1
+
+Number = int | float
+
+
+class Output(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One rendition of a multi-resolution ladder."""
+
+    resolution: str | None = None
+    fps: Number | None = None
+
+
+class PowerSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The old ``power`` block: ``{mean_watts, total_energy_joules}`` (read by the old scorer)."""
+
+    mean_watts: float | None = None
+    total_energy_joules: float | None = None
+
+
+class GpuPowerSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    mean_watts: float | None = None
+
+
+class CpuPercent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    cpu_percent: float | None = None
+
+
+class Hardware(msgspec.Struct, kw_only=True, omit_defaults=True):
+    cpu_model: str | None = None
+
+
+class Samples(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A measured series. ``timestamps`` (unix seconds) are kept when the source had them (Prometheus);
+    without them the samples are taken as uniform, ``step_seconds`` apart, starting at the scenario start."""
+
+    values: list[float]
+    timestamps: list[float] | None = None
+
+
+#: A series in a results file may be a plain list of values or a ``Samples`` object.
+Series = Samples | list[float]
+
+
+class Telemetry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Measurements of one scenario, carried inline so a file is self-sufficient without Prometheus.
+
+    Units are in the field names. ``power_watts`` is CPU package power (RAPL ``package.*`` zones);
+    ``power_all_zones_watts`` is the sum over every RAPL zone, which the old cost exporter integrated.
+    """
+
+    step_seconds: float | None = None
+    power_watts: Series | None = None
+    power_all_zones_watts: Series | None = None
+    cpu_usage_cores: Series | None = None
+    gpu_usage_cores: Series | None = None
+    container_cpu_percent: Series | None = None
+    energy_joules: float | None = None
+    #: Where the numbers came from: ``file`` (written by the benchmark), ``legacy-fields`` (the old top-level
+    #: ``power_watts``/``power`` fields) or ``prometheus``.
+    source: str | None = None
+    #: Set when telemetry was wanted but could not be had; says why.
+    missing_reason: str | None = None
+
+
+class Scenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One benchmark scenario as the runner writes it (metric-contract.md 3.3). Every field is optional:
+    a scenario with gaps still yields what can be computed, and the workers say what is missing."""
+
+    name: str | None = None
+    bitrate: str | Number | None = None
+    resolution: str | None = None
+    fps: Number | None = None
+    duration: Number | None = None
+    start_time: Number | None = None
+    end_time: Number | None = None
+    outputs: list[Output] | None = None
+    encoder_type: str | None = None
+    encoder: str | None = None
+    preset: str | None = None
+    #: Explicit stream count; wins over the count inferred from the name.
+    streams: int | None = None
+    vmaf_score: float | None = None
+    psnr_score: float | None = None
+    ssim_score: float | None = None
+    viewers: float | None = None
+    # The old inline measurement fields, still accepted.
+    power_watts: list[float] | None = None
+    cpu_usage_cores: list[float] | None = None
+    gpu_usage_cores: list[float] | None = None
+    step_seconds: float | None = None
+    power: PowerSummary | None = None
+    gpu_power: GpuPowerSummary | None = None
+    container_usage: CpuPercent | None = None
+    docker_overhead: CpuPercent | None = None
+    hardware: Hardware | None = None
+    # Written by the Go ResultsWriter (distributed mode).
+    avg_fps: float | None = None
+    total_frames: int | None = None
+    dropped_frames: int | None = None
+    pixels_processed: int | None = None
+    qoe_score: float | None = None
+    efficiency_score: float | None = None
+    energy_joules: float | None = None
+    # For the QoE worker: videos to compare when no score is given.
+    reference_file: str | None = None
+    output_file: str | None = None
+    telemetry: Telemetry | None = None
+
+
+class ResultsFile(msgspec.Struct, kw_only=True):
+    """``test_results_YYYYMMDD_HHMMSS.json``. ``scenarios`` is required (a file without it is rejected)."""
+
+    scenarios: list[Scenario]
+    test_date: str | None = None
+    test_metadata: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Published messages
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ScenarioMessage(msgspec.Struct, kw_only=True):
+    """Subject ``te.ingest.scenario.<digest>.<index>``: one scenario of an ingested run."""
+
+    run_id: str
+    digest: str
+    index: int
+    scenario: Scenario
+    #: Fields of the scenario object this schema does not know, kept verbatim for other tools.
+    extra: dict[str, Any] = {}
+    schema_version: int = SCHEMA_VERSION
+
+
+class RunManifest(msgspec.Struct, kw_only=True):
+    """Subject ``te.ingest.run.<digest>``: published after every scenario of the run is stored."""
+
+    run_id: str
+    digest: str
+    file_name: str
+    file_sha256: str
+    file_bytes: int
+    scenario_count: int
+    #: Increases each time a file of this run_id is published with different content.
+    generation: int
+    ingested_at: float
+    test_date: str | None = None
+    test_metadata: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class ErrorEvent(msgspec.Struct, kw_only=True):
+    """Subject ``te.events.error.<service>``: something was rejected or degraded, and why."""
+
+    service: str
+    #: Machine-readable reason: ``invalid_json``, ``schema``, ``too_large``, ``truncated``,
+    #: ``outside_directory``, ``unreadable``, ``enrichment_failed``, ...
+    reason: str
+    message: str
+    at: float
+    file: str | None = None
+    #: JSON path of the offending value, e.g. ``$.scenarios[3].fps``.
+    json_path: str | None = None
+    #: What was expected there, e.g. ``int | float | null``.
+    expected: str | None = None
+    run_id: str | None = None
+    moved_to: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class IngestRecord(msgspec.Struct, kw_only=True):
+    """Value in KV ``te_ingested`` under the run key: what the ingest service has published for a run."""
+
+    run_id: str
+    file_sha256: str
+    generation: int
+    #: ``publishing`` while scenario messages go out, ``published`` once the manifest is stored.
+    state: str
+    updated_at: float
+
+
+#: Message types documented with JSON Schema, by name.
+PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
+    "ScenarioMessage": ScenarioMessage,
+    "RunManifest": RunManifest,
+    "ErrorEvent": ErrorEvent,
+    "IngestRecord": IngestRecord,
+    "ResultsFile": ResultsFile,
+}

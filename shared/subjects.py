@@ -1,0 +1,87 @@
+"""NATS subjects, JetStream streams, consumers and KV buckets: the wire contract of the system.
+
+Everything another tool needs in order to subscribe is here and in the README table. Subject tokens that vary
+(``<digest>``) are the first 16 hex digits of the SHA-256 of the results file's bytes, so they never contain
+characters that are special to NATS (``.``, ``*``, ``>``, spaces), whatever the file is called.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "te"
+
+# --- ingest -------------------------------------------------------------------------------------------
+#: One message per scenario: ``te.ingest.scenario.<digest>.<index>``, payload ``ScenarioMessage``.
+INGEST_SCENARIO = f"{PREFIX}.ingest.scenario"
+#: One message per run, published after all of its scenarios: ``te.ingest.run.<digest>``, payload
+#: ``RunManifest``. Its arrival means "every scenario of this run is in the stream".
+INGEST_RUN = f"{PREFIX}.ingest.run"
+INGEST_STREAM = "TE_INGEST"
+INGEST_STREAM_SUBJECTS = [f"{PREFIX}.ingest.>"]
+
+# --- computed results -----------------------------------------------------------------------------------
+#: ``te.results.<kind>.<digest>``: one message per run and worker kind (``modeling``, ``cost``, ``qoe``).
+RESULTS = f"{PREFIX}.results"
+RESULTS_STREAM = "TE_RESULTS"
+RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>"]
+RESULT_KINDS = ("modeling", "cost", "qoe")
+
+# --- error and pipeline events -------------------------------------------------------------------------------
+#: ``te.events.error.<service>``: payload ``ErrorEvent`` (a rejected file, a failed enrichment, ...).
+EVENTS_ERROR = f"{PREFIX}.events.error"
+EVENTS_STREAM = "TE_EVENTS"
+EVENTS_STREAM_SUBJECTS = [f"{PREFIX}.events.>"]
+
+# --- durable consumers (one per worker type, shared by its replicas) -------------------------------------------
+CONSUMER_MODELING = "modeling"
+CONSUMER_COST = "cost"
+CONSUMER_QOE = "qoe"
+
+# --- key-value buckets -------------------------------------------------------------------------------------
+#: run key -> ``IngestRecord``: which content of a results file has been published (dedupe across restarts).
+KV_INGESTED = "te_ingested"
+#: hardware fingerprint -> saved power model (modeling worker).
+KV_MODELS = "te_models"
+#: hardware fingerprint -> bounded training history (modeling worker).
+KV_HISTORY = "te_history"
+
+# --- request/reply (nats.micro) ------------------------------------------------------------------------------
+MICRO_MODELING_SERVICE = "transcode-energy-modeling"
+PREDICT_POWER = f"{PREFIX}.predict.power"
+
+_DIGEST_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _token(digest: str) -> str:
+    if not _DIGEST_RE.match(digest):
+        raise ValueError(f"not a 16-hex-digit run digest: {digest!r}")
+    return digest
+
+
+def scenario_subject(digest: str, index: int) -> str:
+    """Subject of scenario ``index`` (0-based, file order) of the run with this digest."""
+    if index < 0:
+        raise ValueError("scenario index must be >= 0")
+    return f"{INGEST_SCENARIO}.{_token(digest)}.{index}"
+
+
+def scenario_wildcard(digest: str) -> str:
+    """Every scenario subject of one run."""
+    return f"{INGEST_SCENARIO}.{_token(digest)}.*"
+
+
+def run_subject(digest: str) -> str:
+    return f"{INGEST_RUN}.{_token(digest)}"
+
+
+def result_subject(kind: str, digest: str) -> str:
+    if kind not in RESULT_KINDS:
+        raise ValueError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS}")
+    return f"{RESULTS}.{kind}.{_token(digest)}"
+
+
+def error_subject(service: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", service):
+        raise ValueError(f"bad service name for a subject: {service!r}")
+    return f"{EVENTS_ERROR}.{service}"

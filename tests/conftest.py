@@ -1,0 +1,101 @@
+"""Shared fixtures: real servers on loopback, never mocks of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from services.up import find_nats_server, free_port, wait_for_nats
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+EXAMPLES = REPO / "examples"
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary the test needs. Skips locally when absent; fails under CI."""
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed (make test installs it as root via apt)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    store: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def start(self) -> None:
+        """(Re)start on the same port and store: JetStream state survives, like a real restart."""
+        argv = [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_nats("127.0.0.1", self.port, 15, self.proc)
+
+
+def start_nats(store: Path) -> NatsServer:
+    port = free_port()
+    server = NatsServer(
+        url=f"nats://127.0.0.1:{port}", port=port, store=store, proc=subprocess.Popen(["true"])
+    )
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path_factory.mktemp("nats-store"))
+    yield server
+    server.stop()
+
+
+async def _wipe(js: JetStreamContext) -> None:
+    for name in await js.streams_info():
+        assert name.config.name is not None
+        await js.delete_stream(name.config.name)
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    """A client on the session server with every stream and bucket deleted first (tests start clean)."""
+    client = await nats.connect(nats_server.url)
+    await _wipe(client.jetstream())
+    yield client
+    with contextlib.suppress(Exception):
+        await client.close()
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "test_results"
+    path.mkdir()
+    return path
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,83 @@
+"""Test helpers that run real services in-process against the real NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
+from shared.bus import NatsConfig
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+@contextlib.asynccontextmanager
+async def running_ingest(url: str, results_dir: Path, **overrides: Any) -> AsyncIterator[IngestService]:
+    settings = IngestSettings(
+        results_dir=results_dir, **{"debounce_ms": 50, "settle_seconds": 5.0, **overrides}
+    )
+    nc, js, publisher = await open_publisher(NatsConfig(servers=[url]))
+    service = IngestService(settings, publisher, js, IngestMetrics())
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.scan_done.wait(), 20)
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await nc.close()
+
+
+async def stream_messages(js: JetStreamContext, stream: str, prefix: str = "") -> list[tuple[str, bytes]]:
+    """Every message currently stored in ``stream`` (in sequence order) whose subject starts with prefix."""
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return []
+    out = []
+    first, last = info.state.first_seq, info.state.last_seq
+    for seq in range(first, last + 1) if info.state.messages else ():
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:
+            continue  # replaced by a newer message on the same subject
+        assert msg.subject is not None and msg.data is not None
+        if msg.subject.startswith(prefix):
+            out.append((msg.subject, msg.data))
+    return out
+
+
+async def decoded(js: JetStreamContext, stream: str, prefix: str, kind: type[T]) -> list[T]:
+    return [msgspec.json.decode(data, type=kind) for _, data in await stream_messages(js, stream, prefix)]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
+def without_nulls(value: Any) -> Any:
+    """JSON value with null object members removed (how msgspec omits unset optional fields)."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
