@@ -1,0 +1,294 @@
+"""The one place where scenario metadata is interpreted: bitrate, resolution, stream count, encoder type,
+output ladder, duration, total pixels and baseline detection. Pure functions, no I/O.
+
+The old modules disagreed on most of these (metric-contract.md 3.4, 3.5); each function's docstring states
+the rule chosen here and why. Parsers raise only their own :class:`ParseError` subclasses.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.schemas import Output, Scenario
+
+
+class ParseError(ValueError):
+    """A metadata value cannot be interpreted; the message says what was expected."""
+
+
+class BitrateError(ParseError):
+    pass
+
+
+class ResolutionError(ParseError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bitrate
+# ---------------------------------------------------------------------------------------------------------
+
+_BITRATE_RE = re.compile(
+    r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmg]?)(?:bps|b/s)?\s*$", re.IGNORECASE
+)
+_BITRATE_SCALE_MBPS = {"": None, "k": 1e-3, "m": 1.0, "g": 1e3}
+#: Plain numbers (``"2500"``, ``2500``) are kilobits per second.
+BARE_NUMBER_UNIT = "kbps"
+
+
+def parse_bitrate_mbps(value: object) -> float:
+    """Bitrate to megabits per second (Mbps).
+
+    Accepted: ``2500k``, ``2500K``, ``2500kbps``, ``2500 kb/s``, ``5M``, ``5m``, ``5Mbps``, ``1.5G``,
+    ``1000000bps``, ``0k``, and a bare number (string or JSON number).
+
+    **A bare number is kbps**, always. The runner writes ``2500k``; a bare ``2500`` in configs of streaming
+    tools means kbps; and the rule is monotonic. The old results exporter used "kbps above 1000, Mbps
+    otherwise", under which ``1000`` meant 1000 Mbps but ``1001`` meant 1.001 Mbps (B-R6); scoring/modeling
+    already used kbps. A ``bps`` suffix without a prefix means bits per second.
+
+    Raises :class:`BitrateError` for anything else: ``abc``, ``N/A``, ``""``, negatives, NaN, booleans, None.
+    """
+    if isinstance(value, bool) or value is None:
+        raise BitrateError(f"expected a bitrate such as '2500k' or '5M', got {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise BitrateError(f"expected a non-negative finite bitrate, got {value!r}")
+        return float(value) / 1000.0
+    if not isinstance(value, str):
+        raise BitrateError(f"expected a bitrate string or number, got {type(value).__name__}")
+    match = _BITRATE_RE.match(value)
+    if not match:
+        raise BitrateError(f"expected a bitrate such as '2500k', '5M' or '2500', got {value!r}")
+    number = float(match.group("num"))
+    unit = match.group("unit").lower()
+    has_bps = value.strip().lower().endswith(("bps", "b/s"))
+    if unit == "":
+        # "1000000bps" is bits per second; a bare "2500" is kbps.
+        return number / 1e6 if has_bps else number / 1000.0
+    scale = _BITRATE_SCALE_MBPS[unit]
+    assert scale is not None
+    return number * scale
+
+
+def try_bitrate_mbps(value: object) -> float | None:
+    """:func:`parse_bitrate_mbps`, or None where the value cannot be read (for optional metrics)."""
+    try:
+        return parse_bitrate_mbps(value)
+    except BitrateError:
+        return None
+
+
+def format_bitrate(mbps: float) -> str:
+    """Canonical form: whole kbps as ``2500k``, otherwise Mbps as ``2.5M``."""
+    kbps = round(mbps * 1000.0, 6)  # 1.001 Mbps is 1000.9999999999999 kbps in binary floating point
+    if kbps.is_integer():
+        return f"{int(kbps)}k"
+    return f"{mbps!r}M"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolution
+# ---------------------------------------------------------------------------------------------------------
+
+_RES_RE = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_resolution(value: object) -> tuple[int, int]:
+    """``WxH`` to (width, height) in pixels. Case-insensitive, spaces allowed, ``×`` accepted.
+
+    Raises :class:`ResolutionError` for ``1080p``, ``N/A``, ``""``, zero sizes, non-strings.
+    """
+    if not isinstance(value, str):
+        raise ResolutionError(f"expected a resolution such as '1280x720', got {value!r}")
+    match = _RES_RE.match(value)
+    if not match:
+        raise ResolutionError(f"expected a resolution such as '1280x720', got {value!r}")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width <= 0 or height <= 0:
+        raise ResolutionError(f"resolution must be positive, got {value!r}")
+    return width, height
+
+
+def try_resolution(value: object) -> tuple[int, int] | None:
+    try:
+        return parse_resolution(value)
+    except ResolutionError:
+        return None
+
+
+def valid_fps(value: object) -> float | None:
+    """A usable frame rate (positive, finite number) or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stream count
+# ---------------------------------------------------------------------------------------------------------
+
+# A count is digits standing alone (not inside "x264" or "2.5"), then optional space or hyphen, then the
+# word "stream"/"streams" (not "livestream").
+_STREAMS_RE = re.compile(r"(?<![\w.])(\d+)\s*-?\s*streams?\b", re.IGNORECASE)
+
+
+def stream_count_from_name(name: str | None) -> int | None:
+    """The stream count a scenario name states, or None when it states none.
+
+    ``4 Streams @ 2500k`` -> 4; ``4streams`` -> 4; ``2-stream test`` -> 2 (a hyphen or no space is still a
+    count: the old exporters' ``\\d+\\s+streams?`` missed these). ``10 Mbps Stream`` -> None: the number
+    belongs to "Mbps", it is a bitrate, not a count (old modeling read it as 10 streams, B-M3).
+    ``3 x 720p streams``, ``2 livestream``, ``Baseline (Idle)`` -> None.
+    """
+    if not name:
+        return None
+    match = _STREAMS_RE.search(name)
+    if not match:
+        return None
+    count = int(match.group(1))
+    return count if count > 0 else None
+
+
+def stream_count(scenario: Scenario) -> int:
+    """Streams a scenario runs: the explicit ``streams`` field when positive, else the name, else 1."""
+    if scenario.streams is not None and scenario.streams > 0:
+        return scenario.streams
+    return stream_count_from_name(scenario.name) or 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoder type
+# ---------------------------------------------------------------------------------------------------------
+
+_GPU_HINTS = ("nvenc", "cuda", "qsv", "vaapi", "amf", "videotoolbox", "v4l2m2m", "gpu")
+
+
+def encoder_kind(scenario: Scenario) -> str:
+    """``gpu`` or ``cpu``.
+
+    An ``encoder_type`` of exactly ``cpu``/``gpu`` wins. Otherwise the codec (``encoder``, e.g. ``h264_nvenc``)
+    and the name are searched for hardware-encoder hints (nvenc, cuda, qsv, vaapi, amf, videotoolbox,
+    v4l2m2m, gpu); none found means ``cpu``. The old results exporter looked at the name only.
+    """
+    declared = (scenario.encoder_type or "").strip().lower()
+    if declared in ("cpu", "gpu"):
+        return declared
+    text = f"{scenario.encoder or ''} {scenario.name or ''} {declared}".lower()
+    return "gpu" if any(hint in text for hint in _GPU_HINTS) else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ladder, duration, pixels
+# ---------------------------------------------------------------------------------------------------------
+
+
+def format_number(value: float) -> str:
+    """How a JSON number reads in a label: ``30`` for 30, ``29.97`` for 29.97, ``30.0`` for 30.0."""
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Rendition:
+    resolution: str
+    width: int
+    height: int
+    fps: float
+    fps_text: str
+
+
+def renditions(scenario: Scenario) -> list[Rendition]:
+    """The outputs a scenario produces: its valid ladder outputs, else its own resolution and fps."""
+
+    def one(resolution: str | None, fps: float | int | None) -> Rendition | None:
+        size = try_resolution(resolution)
+        rate = valid_fps(fps)
+        if size is None or rate is None or resolution is None or fps is None:
+            return None
+        return Rendition(resolution.strip(), size[0], size[1], rate, format_number(fps))
+
+    outputs: Sequence[Output] = scenario.outputs or ()
+    found = [r for r in (one(o.resolution, o.fps) for o in outputs) if r is not None]
+    if found:
+        return found
+    own = one(scenario.resolution, scenario.fps)
+    return [own] if own is not None else []
+
+
+def output_ladder_id(scenario: Scenario) -> str:
+    """``1920x1080@30,1280x720@30,854x480@30``: renditions sorted by (width, height) descending.
+
+    A single-resolution scenario gives ``1280x720@30``; a scenario without a usable resolution or fps gives
+    ``unknown`` (the old code could produce ``None@30`` or ``@30``, B-R18).
+    """
+    found = sorted(renditions(scenario), key=lambda r: (r.width, r.height), reverse=True)
+    if not found:
+        return "unknown"
+    return ",".join(f"{r.resolution}@{r.fps_text}" for r in found)
+
+
+def measured_duration_s(scenario: Scenario) -> float | None:
+    """Wall-clock ``end_time - start_time`` in seconds, or None without both (or when not positive)."""
+    start, end = scenario.start_time, scenario.end_time
+    if start is None or end is None:
+        return None
+    span = float(end) - float(start)
+    return span if math.isfinite(span) and span > 0 else None
+
+
+def scenario_duration_s(scenario: Scenario) -> float | None:
+    """The duration every formula uses: measured wall-clock time when known, else the configured
+    ``duration``. One source for all of them (the old modules used three, B-X4)."""
+    measured = measured_duration_s(scenario)
+    if measured is not None:
+        return measured
+    configured = scenario.duration
+    if configured is None or isinstance(configured, bool):
+        return None
+    value = float(configured)
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def total_pixels(scenario: Scenario, duration_s: float | None = None) -> float | None:
+    """Pixels delivered: ``streams * sum(width * height * fps * duration_s)`` over the renditions.
+
+    ``duration_s`` defaults to :func:`scenario_duration_s`. The stream count multiplies: eight streams
+    deliver eight times the pixels of one (the old code counted one stream's, B-R13). None when there is no
+    usable resolution/fps or duration.
+    """
+    duration = scenario_duration_s(scenario) if duration_s is None else duration_s
+    found = renditions(scenario)
+    if not found or duration is None or duration <= 0:
+        return None
+    per_stream = sum(r.width * r.height * r.fps * duration for r in found)
+    return stream_count(scenario) * per_stream
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Baseline
+# ---------------------------------------------------------------------------------------------------------
+
+
+def is_baseline(scenario: Scenario) -> bool:
+    """The idle reference run: the name contains ``baseline`` or ``idle`` (any case), or the bitrate is 0.
+
+    One rule for every service (the results exporter matched 'baseline' only, the cost exporter also
+    'idle', scoring used a zero bitrate: B-R8).
+    """
+    name = (scenario.name or "").lower()
+    if "baseline" in name or "idle" in name:
+        return True
+    return try_bitrate_mbps(scenario.bitrate) == 0.0
+
+
+def find_baseline(scenarios: Sequence[Scenario]) -> int | None:
+    """Index of the run's baseline: the first scenario :func:`is_baseline` accepts, or None."""
+    for index, scenario in enumerate(scenarios):
+        if is_baseline(scenario):
+            return index
+    return None

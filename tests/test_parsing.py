@@ -1,0 +1,233 @@
+"""Parsing rules, against hand-written expectations and properties."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.parsing import (
+    BitrateError,
+    ParseError,
+    ResolutionError,
+    encoder_kind,
+    find_baseline,
+    format_bitrate,
+    is_baseline,
+    output_ladder_id,
+    parse_bitrate_mbps,
+    parse_resolution,
+    scenario_duration_s,
+    stream_count,
+    stream_count_from_name,
+    total_pixels,
+)
+from shared.schemas import Output, Scenario
+
+
+@pytest.mark.parametrize(
+    ("text", "mbps"),
+    [
+        ("2500k", 2.5),
+        ("2500K", 2.5),
+        ("2500kbps", 2.5),
+        ("2500 kb/s", 2.5),
+        ("5M", 5.0),
+        ("5m", 5.0),
+        ("5Mbps", 5.0),
+        ("1000000bps", 1.0),
+        ("0k", 0.0),
+        ("2500", 2.5),
+        ("1000", 1.0),
+        ("1001", 1.001),
+        ("5", 0.005),
+        (" 2.5M ", 2.5),
+        ("1.5G", 1500.0),
+        (2500, 2.5),
+        (2500.0, 2.5),
+        (0, 0.0),
+    ],
+)
+def test_bitrate(text: object, mbps: float) -> None:
+    assert parse_bitrate_mbps(text) == pytest.approx(mbps, rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["abc", "N/A", "", "-5k", "-1", "5x", "k", None, True, float("nan"), -3, [1]])
+def test_bitrate_garbage_is_a_typed_error(bad: object) -> None:
+    with pytest.raises(BitrateError):
+        parse_bitrate_mbps(bad)
+
+
+@given(st.one_of(st.text(), st.integers(), st.floats(), st.none(), st.booleans(), st.lists(st.integers())))
+def test_bitrate_parser_raises_only_its_own_error(value: object) -> None:
+    try:
+        result = parse_bitrate_mbps(value)
+    except BitrateError:
+        return
+    assert math.isfinite(result) and result >= 0
+
+
+@given(st.integers(min_value=0, max_value=10**9))
+def test_bitrate_canonical_form_round_trips(kbps: int) -> None:
+    text = format_bitrate(kbps / 1000)
+    assert text == f"{kbps}k"
+    assert parse_bitrate_mbps(text) == pytest.approx(kbps / 1000, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1920x1080", (1920, 1080)),
+        ("1920X1080", (1920, 1080)),
+        (" 1280 x 720 ", (1280, 720)),
+        ("1920×1080", (1920, 1080)),
+    ],
+)
+def test_resolution(text: str, size: tuple[int, int]) -> None:
+    assert parse_resolution(text) == size
+
+
+@pytest.mark.parametrize("bad", ["1080p", "N/A", "", None, 1920, "1920x1080x2", "0x720", "-1x5", "axb"])
+def test_resolution_garbage(bad: object) -> None:
+    with pytest.raises(ResolutionError):
+        parse_resolution(bad)
+
+
+@given(st.integers(1, 100_000), st.integers(1, 100_000), st.sampled_from(["x", "X", " x ", "×"]))
+def test_resolution_round_trips(width: int, height: int, sep: str) -> None:
+    assert parse_resolution(f"{width}{sep}{height}") == (width, height)
+
+
+@given(st.one_of(st.text(), st.integers(), st.none()))
+def test_resolution_raises_only_its_own_error(value: object) -> None:
+    with contextlib.suppress(ParseError):
+        parse_resolution(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("4 Streams @ 2500k", 4),
+        ("1 Streams @ 1000k", 1),
+        ("4streams @ 1k", 4),
+        ("2-stream test", 2),
+        ("2 - streams", 2),
+        ("10 Mbps Stream", None),
+        ("2.5 Mbps Stream", None),
+        ("1080p @ 2.5Mbps", None),
+        ("Baseline (Idle)", None),
+        ("Multi-resolution ladder test 1080p+720p+480p @ 2500k", None),
+        ("3 x 720p streams", None),
+        ("2 livestream", None),
+        ("-2 streams", 2),
+        ("x264 streams", None),
+        ("0 streams", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_stream_count_from_name(name: str | None, count: int | None) -> None:
+    assert stream_count_from_name(name) == count
+
+
+def test_explicit_streams_field_wins() -> None:
+    assert stream_count(Scenario(name="4 Streams @ 2500k", streams=6)) == 6
+    assert stream_count(Scenario(name="4 Streams @ 2500k")) == 4
+    assert stream_count(Scenario(name="10 Mbps Stream")) == 1
+    assert stream_count(Scenario(name="x", streams=0)) == 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind"),
+    [
+        (Scenario(name="a", encoder_type="gpu"), "gpu"),
+        (Scenario(name="NVENC test", encoder_type="cpu"), "cpu"),
+        (Scenario(name="4 Streams GPU"), "gpu"),
+        (Scenario(name="x", encoder="h264_nvenc"), "gpu"),
+        (Scenario(name="x", encoder="hevc_qsv"), "gpu"),
+        (Scenario(name="x", encoder="libx264"), "cpu"),
+        (Scenario(name="job", encoder_type="ffmpeg"), "cpu"),
+        (Scenario(name="vaapi run", encoder_type="auto"), "gpu"),
+    ],
+)
+def test_encoder_kind(scenario: Scenario, kind: str) -> None:
+    assert encoder_kind(scenario) == kind
+
+
+LADDER = [
+    Output(resolution="854x480", fps=30),
+    Output(resolution="1920x1080", fps=30),
+    Output(resolution="1280x720", fps=30),
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "ladder"),
+    [
+        (Scenario(resolution="1920x1080", fps=30, outputs=LADDER), "1920x1080@30,1280x720@30,854x480@30"),
+        (Scenario(resolution="1280x720", fps=30), "1280x720@30"),
+        (Scenario(resolution="1280x720", fps=29.97), "1280x720@29.97"),
+        (Scenario(resolution="1280x720", fps=30.0), "1280x720@30.0"),
+        (Scenario(fps=30), "unknown"),
+        (Scenario(resolution="1280x720"), "unknown"),
+        (Scenario(resolution="1280x720", fps=-1), "unknown"),
+        (Scenario(resolution="1280x720", fps=30, outputs=[Output(resolution="bad", fps=30)]), "1280x720@30"),
+        (
+            Scenario(outputs=[Output(resolution="640x360", fps=25), Output(resolution="640x480", fps=25)]),
+            "640x480@25,640x360@25",
+        ),
+    ],
+)
+def test_output_ladder_id(scenario: Scenario, ladder: str) -> None:
+    assert output_ladder_id(scenario) == ladder
+
+
+def test_total_pixels_worked_examples() -> None:
+    # 1280 x 720 x 30 fps x 100 s = 2,764,800,000 pixels (one stream).
+    assert total_pixels(Scenario(resolution="1280x720", fps=30, duration=100)) == 2_764_800_000
+    # The stream count multiplies: 4 streams deliver 4 x 2,764,800,000.
+    assert (
+        total_pixels(Scenario(name="4 Streams @ 1000k", resolution="1280x720", fps=30, duration=100))
+        == 11_059_200_000
+    )
+    # A ladder sums its outputs: 1920*1080 + 1280*720 + 854*480 = 2,073,600 + 921,600 + 409,920
+    # = 3,405,120 pixels per frame set; x 30 fps x 120 s = 12,258,432,000.
+    ladder = Scenario(resolution="1920x1080", fps=30, duration=120, outputs=LADDER)
+    assert total_pixels(ladder) == 12_258_432_000
+    # Measured wall-clock time wins over the configured duration.
+    timed = Scenario(resolution="1280x720", fps=30, duration=100, start_time=1000.0, end_time=1050.0)
+    assert scenario_duration_s(timed) == 50.0
+    assert total_pixels(timed) == 1_382_400_000
+    assert total_pixels(Scenario(resolution="1280x720", fps=30)) is None
+    assert total_pixels(Scenario(resolution="1080p", fps=30, duration=10)) is None
+    assert total_pixels(Scenario(resolution="1280x720", fps=30, duration=10), duration_s=2.0) == 55_296_000
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        (Scenario(name="Baseline (Idle)", bitrate="0k"), True),
+        (Scenario(name="baseline"), True),
+        (Scenario(name="IDLE machine"), True),
+        (Scenario(name="quiet", bitrate="0k"), True),
+        (Scenario(name="quiet", bitrate=0), True),
+        (Scenario(name="1 Streams @ 1000k", bitrate="1000k"), False),
+        (Scenario(name="x"), False),
+        (Scenario(), False),
+    ],
+)
+def test_is_baseline(scenario: Scenario, expected: bool) -> None:
+    assert is_baseline(scenario) is expected
+
+
+def test_find_baseline_takes_the_first() -> None:
+    scenarios = [
+        Scenario(name="1 Streams @ 1000k", bitrate="1000k"),
+        Scenario(name="Idle"),
+        Scenario(name="Baseline"),
+    ]
+    assert find_baseline(scenarios) == 1
+    assert find_baseline(scenarios[:1]) is None

@@ -1,0 +1,163 @@
+"""Efficiency scores and the recommender, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from shared.recommender import Candidate, best_per_ladder, compare, rank, rank_by_ladder, summarize, top
+from shared.schemas import Output, Scenario
+from shared.scoring import (
+    Algorithm,
+    Measured,
+    ScoreError,
+    choose_algorithm,
+    score,
+    validate_psnr,
+    validate_ssim,
+    validate_vmaf,
+)
+
+S720 = Scenario(name="1 Streams @ 2500k", bitrate="2500k", resolution="1280x720", fps=30, duration=100)
+
+
+class TestScores:
+    def test_pixels_per_joule_worked_example(self) -> None:
+        # metric-contract: 720p30 for 100 s at 5000 J = 1280*720*30*100 / 5000 = 552,960 px/J.
+        s = score(S720, Measured(energy_j=5000.0), Algorithm.PIXELS_PER_JOULE)
+        assert s.value == 552_960.0 and s.unit == "pixels/J"
+
+    def test_qoe_efficiency_worked_example(self) -> None:
+        # metric-contract 1.2: 1280x720, 30 fps, 120 s, VMAF 88, 6000 J -> 3,317,760,000 * 0.88 / 6000
+        # = 486,604.8, printed by the old exporter as 4.8660e+05.
+        scenario = Scenario(
+            name="1 Streams @ 2500k", resolution="1280x720", fps=30, duration=120, vmaf_score=88
+        )
+        s = score(scenario, Measured(energy_j=6000.0), Algorithm.QOE_EFFICIENCY)
+        assert s.value == pytest.approx(486_604.8, rel=1e-12)
+        assert f"{s.value:.4e}" == "4.8660e+05"
+
+    def test_throughput_per_watt(self) -> None:
+        # 8 streams x 5 Mbps / 18.9 W = 2.1164021164 Mbps/W (the analysis CSV's efficiency_score for that row).
+        scenario = Scenario(name="8 Streams @ 5000k", bitrate="5000k")
+        s = score(scenario, Measured(mean_power_w=18.9), Algorithm.THROUGHPUT_PER_WATT)
+        assert s.value == pytest.approx(2.1164021164021167, rel=1e-12)
+        assert s.unit == "Mbps/W"
+
+    def test_quality_per_watt(self) -> None:
+        scenario = Scenario(name="x", vmaf_score=90.0)
+        assert score(scenario, Measured(mean_power_w=45.0), Algorithm.QUALITY_PER_WATT).value == 2.0
+
+    @pytest.mark.parametrize(
+        ("scenario", "measured", "algorithm", "reason"),
+        [
+            (
+                Scenario(name="Baseline", bitrate="0k"),
+                Measured(mean_power_w=5),
+                "throughput_per_watt",
+                "baseline",
+            ),
+            (Scenario(name="x", bitrate="abc"), Measured(mean_power_w=5), "throughput_per_watt", "bitrate"),
+            (S720, Measured(mean_power_w=0), "throughput_per_watt", "power"),
+            (S720, Measured(), "pixels_per_joule", "energy"),
+            (Scenario(name="x", vmaf_score=120), Measured(mean_power_w=5), "quality_per_watt", "0..100"),
+            (Scenario(name="x", vmaf_score=math.nan), Measured(mean_power_w=5), "quality_per_watt", "0..100"),
+            (Scenario(name="x"), Measured(mean_power_w=5), "quality_per_watt", "VMAF"),
+            (Scenario(name="x", vmaf_score=80), Measured(energy_j=5), "qoe_efficiency", "resolution"),
+        ],
+    )
+    def test_no_value_with_reason(
+        self, scenario: Scenario, measured: Measured, algorithm: str, reason: str
+    ) -> None:
+        s = score(scenario, measured, algorithm)
+        assert s.value is None
+        assert s.reason is not None and reason in s.reason
+
+    def test_auto(self) -> None:
+        ladder = Scenario(
+            resolution="1920x1080",
+            fps=30,
+            outputs=[Output(resolution="1920x1080", fps=30), Output(resolution="1280x720", fps=30)],
+        )
+        assert choose_algorithm(Scenario(vmaf_score=90)) is Algorithm.QOE_EFFICIENCY
+        assert choose_algorithm(ladder) is Algorithm.PIXELS_PER_JOULE
+        assert choose_algorithm(S720) is Algorithm.THROUGHPUT_PER_WATT
+        one_output = Scenario(resolution="1280x720", fps=30, outputs=[Output(resolution="1280x720", fps=30)])
+        assert choose_algorithm(one_output) is Algorithm.THROUGHPUT_PER_WATT
+        assert score(S720, Measured(mean_power_w=5.0)).algorithm is Algorithm.THROUGHPUT_PER_WATT
+
+    def test_validators(self) -> None:
+        assert validate_vmaf(0) == 0.0 and validate_vmaf(100) == 100.0
+        for bad in (-0.1, 100.1, math.nan, math.inf, None, "90", True):
+            with pytest.raises(ScoreError):
+                validate_vmaf(bad)  # type: ignore[arg-type]
+        assert validate_psnr(42.5) == 42.5
+        for bad in (math.inf, -1.0, None):
+            with pytest.raises(ScoreError):
+                validate_psnr(bad)
+        assert validate_ssim(0.98) == 0.98
+        with pytest.raises(ScoreError):
+            validate_ssim(1.2)
+
+
+def c(name: str, score_: float | None, ladder: str = "1280x720@30", power: float | None = None) -> Candidate:
+    return Candidate(name=name, score=score_, unit="Mbps/W", output_ladder=ladder, mean_power_w=power)
+
+
+CANDIDATES = [
+    c("a", 0.5, power=7.0),
+    c("b", None, power=5.0),
+    c("c", 2.0, power=19.0),
+    c("d", 1.0, "1920x1080@30", 9.0),
+    c("e", 2.0, power=18.0),
+    c("f", 0.2, "1920x1080@30"),
+    c("g", None, "854x480@30"),
+]
+
+
+class TestRecommender:
+    def test_rank_descending_unscored_last_ties_in_input_order(self) -> None:
+        assert [(r.rank, r.candidate.name) for r in rank(CANDIDATES)] == [
+            (1, "c"),
+            (2, "e"),
+            (3, "d"),
+            (4, "a"),
+            (5, "f"),
+            (6, "b"),
+            (7, "g"),
+        ]
+
+    def test_by_ladder_and_best(self) -> None:
+        groups = rank_by_ladder(CANDIDATES)
+        assert list(groups) == ["1280x720@30", "1920x1080@30", "854x480@30"]
+        assert [r.candidate.name for r in groups["1280x720@30"]] == ["c", "e", "a", "b"]
+        assert {k: v.name for k, v in best_per_ladder(CANDIDATES).items()} == {
+            "1280x720@30": "c",
+            "1920x1080@30": "d",
+        }
+
+    def test_top(self) -> None:
+        assert [x.name for x in top(CANDIDATES, 3)] == ["c", "e", "d"]
+        assert [x.name for x in top(CANDIDATES, 10)] == ["c", "e", "d", "a", "f"]
+
+    def test_compare_speaks_the_scores_unit(self) -> None:
+        result = compare(c("slow", 0.5), c("fast", 2.0))
+        assert result.winner is not None and result.winner.name == "fast"
+        assert result.ratio == 4.0
+        assert result.justification == "'fast' is more efficient: 2 Mbps/W, 4.00x 'slow' at 0.5 Mbps/W"
+        pj = compare(Candidate("x", 552960.0, "pixels/J"), Candidate("y", 276480.0, "pixels/J"))
+        assert "pixels/J" in pj.justification and "Mbps/W" not in pj.justification
+        assert compare(c("a", 1.0), Candidate("b", 1.0, "pixels/J")).winner is None
+        assert compare(c("a", None), c("b", 1.0)).justification == "no score for 'a'"
+        assert compare(c("a", 1.0), c("b", 1.0)).ratio == 1.0
+
+    def test_summary(self) -> None:
+        summary = summarize(CANDIDATES)
+        assert summary.best is not None and summary.best.name == "c"
+        assert [x.name for x in summary.top5] == ["c", "e", "d", "a", "f"]
+        assert (summary.total, summary.scored, summary.unscored) == (7, 5, 2)
+        assert summary.efficiency_range == (0.2, 2.0)
+        assert summary.power_range_w == (5.0, 19.0)
+        empty = summarize([])
+        assert empty.best is None and empty.efficiency_range is None
