@@ -149,6 +149,10 @@ class ScenarioMessage(msgspec.Struct, kw_only=True):
     scenario: Scenario
     #: Fields of the scenario object this schema does not know, kept verbatim for other tools.
     extra: dict[str, Any] = {}
+    #: Telemetry fetched from Prometheus/VictoriaMetrics for this scenario's time window (``source`` =
+    #: ``prometheus``), or the reason it could not be (``missing_reason``). None when enrichment is off or
+    #: the scenario has no start/end time. ``scenario`` itself stays exactly as the file had it.
+    enriched: Telemetry | None = None
     schema_version: int = SCHEMA_VERSION
 
 

@@ -99,3 +99,66 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05)
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@dataclass
+class VictoriaMetrics:
+    """A real VictoriaMetrics on loopback with its own storage directory."""
+
+    url: str
+    port: int
+    store: Path
+    proc: subprocess.Popen[bytes]
+
+    def start(self) -> None:
+        argv = [
+            require_binary("victoria-metrics"),
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            f"-storageDataPath={self.store}",
+            "-retentionPeriod=100y",  # the example runs are from 2025
+            "-search.latencyOffset=0s",  # freshly imported samples are queryable at once
+            "-search.disableCache",  # imports in one test must not be hidden by cached answers
+            "-loggerLevel=ERROR",
+        ]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"victoria-metrics exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("victoria-metrics did not become healthy")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+    def import_text(self, text: str) -> None:
+        """Import Prometheus text-format samples (with explicit ms timestamps) and make them queryable."""
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/import/prometheus", data=text.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status in (200, 204)
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=30) as response:
+            assert response.status == 200
+
+
+@pytest.fixture
+def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    port = free_port()
+    vm = VictoriaMetrics(
+        url=f"http://127.0.0.1:{port}", port=port, store=tmp_path / "vm", proc=subprocess.Popen(["true"])
+    )
+    vm.start()
+    yield vm
+    vm.stop()

@@ -21,11 +21,12 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 @contextlib.asynccontextmanager
 async def running_ingest(url: str, results_dir: Path, **overrides: Any) -> AsyncIterator[IngestService]:
+    enricher = overrides.pop("enricher", None)
     settings = IngestSettings(
         results_dir=results_dir, **{"debounce_ms": 50, "settle_seconds": 5.0, **overrides}
     )
     nc, js, publisher = await open_publisher(NatsConfig(servers=[url]))
-    service = IngestService(settings, publisher, js, IngestMetrics())
+    service = IngestService(settings, publisher, js, IngestMetrics(), enricher)
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:

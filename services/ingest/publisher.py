@@ -20,6 +20,7 @@ import base64
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -29,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from shared.resultsfile import ParsedRun
-from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessage
+from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessage, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,19 @@ class RunPublisher:
             return None, entry.revision or 0
         return self._record_decoder.decode(entry.value), entry.revision or 0
 
-    def encode_scenarios(self, run: ParsedRun) -> list[bytes]:
+    def encode_scenarios(
+        self, run: ParsedRun, enriched: Sequence[Telemetry | None] | None = None
+    ) -> list[bytes]:
         """Encode every scenario message, refusing any that cannot travel in one NATS message."""
         payloads = []
         for index, scenario in enumerate(run.results.scenarios):
             message = ScenarioMessage(
-                run_id=run.run_id, digest=run.digest, index=index, scenario=scenario, extra=run.extras[index]
+                run_id=run.run_id,
+                digest=run.digest,
+                index=index,
+                scenario=scenario,
+                extra=run.extras[index],
+                enriched=enriched[index] if enriched is not None else None,
             )
             payload = msgspec.json.encode(message)
             # Headers take a little room as well.
@@ -93,11 +101,24 @@ class RunPublisher:
             payloads.append(payload)
         return payloads
 
-    async def publish(self, run: ParsedRun) -> PublishOutcome:
-        payloads = self.encode_scenarios(run)
+    async def is_published(self, run: ParsedRun) -> bool:
+        """This exact content has been published completely already."""
+        record, _ = await self._read_record(kv_key(run.run_id))
+        return record is not None and record.file_sha256 == run.sha256 and record.state == "published"
+
+    async def publish(
+        self,
+        run: ParsedRun,
+        enriched: Sequence[Telemetry | None] | None = None,
+        *,
+        new_generation: bool = False,
+    ) -> PublishOutcome:
+        """Publish ``run`` unless this content is published already. ``new_generation`` publishes it again
+        as a new generation even so (re-enrichment)."""
+        payloads = self.encode_scenarios(run, enriched)
         key = kv_key(run.run_id)
         record, revision = await self._read_record(key)
-        if record is not None and record.file_sha256 == run.sha256:
+        if record is not None and record.file_sha256 == run.sha256 and not new_generation:
             if record.state == "published":
                 return PublishOutcome(run.run_id, run.digest, record.generation, duplicate=True)
             generation = record.generation  # resume a crashed attempt

@@ -24,9 +24,17 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.ingest.publisher import ClaimLostError, PayloadTooLargeError, RunPublisher, publish_error
+from services.ingest.enrich import Enricher, EnrichSettings, TelemetryQueries
+from services.ingest.publisher import (
+    ClaimLostError,
+    PayloadTooLargeError,
+    RunPublisher,
+    kv_key,
+    publish_error,
+)
 from shared import bus, subjects
 from shared.config import byte_size, flag, non_negative_float, port, positive_float
 from shared.httpserver import StatusServer
@@ -37,7 +45,7 @@ from shared.resultsfile import (
     decode_results,
     is_results_file_name,
 )
-from shared.schemas import ErrorEvent
+from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, RunManifest, ScenarioMessage, Telemetry
 
 log = logging.getLogger("ingest")
 
@@ -105,6 +113,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag(
         parser,
+        "--telemetry-queries",
+        env="TELEMETRY_QUERIES",
+        default=None,
+        type=Path,
+        help="JSON file overriding the PromQL of each telemetry query (see docs/telemetry.md)",
+    )
+    flag(
+        parser,
+        "--enrich-timeout",
+        env="ENRICH_TIMEOUT_SECONDS",
+        default=10.0,
+        type=positive_float,
+        help="timeout of one Prometheus query, seconds",
+    )
+    flag(
+        parser,
+        "--enrich-retry-seconds",
+        env="ENRICH_RETRY_SECONDS",
+        default=60.0,
+        type=non_negative_float,
+        help="how long a run retries an unreachable Prometheus before it is published with telemetry missing",
+    )
+    flag(
+        parser,
+        "--enrich-concurrency",
+        env="ENRICH_CONCURRENCY",
+        default=16,
+        type=int,
+        help="Prometheus queries in flight at once",
+    )
+    parser.add_argument(
+        "--reenrich",
+        metavar="RUN_ID",
+        default=None,
+        help="fetch telemetry again for an ingested run and publish it as a new generation",
+    )
+    flag(
+        parser,
         "--publish-retry-max-seconds",
         env="INGEST_PUBLISH_RETRY_MAX",
         default=10.0,
@@ -154,6 +200,11 @@ class IngestMetrics:
             "Publish attempts retried because NATS was unavailable",
             registry=self.registry,
         )
+        self.enrichment_failures = Counter(
+            "transcode_ingest_enrichment_failures_total",
+            "Scenarios published with telemetry missing because Prometheus could not answer",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "transcode_ingest_ready", "1 once the start-up scan is done", registry=self.registry
         )
@@ -179,8 +230,14 @@ def _read_bounded(path: Path, limit: int) -> bytes:
 
 class IngestService:
     def __init__(
-        self, settings: IngestSettings, publisher: RunPublisher, js: JetStreamContext, metrics: IngestMetrics
+        self,
+        settings: IngestSettings,
+        publisher: RunPublisher,
+        js: JetStreamContext,
+        metrics: IngestMetrics,
+        enricher: Enricher | None = None,
     ) -> None:
+        self.enricher = enricher
         self.settings = settings
         self.root = settings.results_dir
         self.publisher = publisher
@@ -283,11 +340,23 @@ class IngestService:
 
     # -- processing ---------------------------------------------------------------------------------------------
 
+    async def _enrich(self, run: ParsedRun) -> list[Telemetry | None] | None:
+        if self.enricher is None or await self.publisher.is_published(run):
+            return None
+        enriched = await self.enricher.enrich_run(run.results.scenarios)
+        await report_enrichment_failures(self.js, self.metrics, run.run_id, run.file_name, enriched)
+        return enriched
+
     async def _publish_with_retry(self, run: ParsedRun) -> None:
         delay = 0.5
+        enriched: list[Telemetry | None] | None = None
+        enriched_done = False
         while True:
             try:
-                outcome = await self.publisher.publish(run)
+                if not enriched_done:
+                    enriched = await self._enrich(run)
+                    enriched_done = True
+                outcome = await self.publisher.publish(run, enriched)
             except (ClaimLostError, *_TRANSIENT) as exc:
                 if self._stop.is_set():
                     raise
@@ -431,6 +500,111 @@ class IngestService:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def report_enrichment_failures(
+    js: JetStreamContext,
+    metrics: IngestMetrics | None,
+    run_id: str,
+    file_name: str,
+    enriched: list[Telemetry | None],
+) -> None:
+    """One log line, one counter step per scenario and one error event per run whose telemetry is missing."""
+    failed = [(i, t.missing_reason) for i, t in enumerate(enriched) if t is not None and t.missing_reason]
+    if not failed:
+        return
+    if metrics is not None:
+        metrics.enrichment_failures.inc(len(failed))
+    first = failed[0][1] or ""
+    message = f"{len(failed)} of {len(enriched)} scenarios published without (some) telemetry; first: {first}"
+    log.error(
+        "enrichment of %s failed: %s (re-run with: transcode-energy ingest --reenrich %s)",
+        run_id,
+        message,
+        run_id,
+    )
+    with contextlib.suppress(*_TRANSIENT):
+        await publish_error(
+            js,
+            ErrorEvent(
+                service=SERVICE,
+                reason="enrichment_failed",
+                message=message,
+                at=time.time(),
+                file=file_name,
+                run_id=run_id,
+                json_path=f"$.scenarios[{failed[0][0]}]",
+            ),
+        )
+
+
+def make_enricher(args: argparse.Namespace) -> Enricher | None:
+    if not args.prometheus_url:
+        return None
+    return Enricher(
+        EnrichSettings(
+            prometheus_url=args.prometheus_url,
+            queries=TelemetryQueries.load(args.telemetry_queries),
+            timeout_s=args.enrich_timeout,
+            retry_budget_s=args.enrich_retry_seconds,
+            concurrency=args.enrich_concurrency,
+        )
+    )
+
+
+async def reenrich(args: argparse.Namespace, run_id: str) -> int:
+    """Fetch telemetry again for the published content of ``run_id`` and publish it as a new generation."""
+    enricher = make_enricher(args)
+    if enricher is None:
+        print("--reenrich needs --prometheus-url (or PROMETHEUS_URL)", file=sys.stderr)
+        return 2
+    nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
+    try:
+        run = await load_published_run(js, publisher, run_id)
+        if run is None:
+            print(f"run {run_id!r} has not been ingested", file=sys.stderr)
+            return 1
+        enriched = await enricher.enrich_run(run.results.scenarios)
+        await report_enrichment_failures(js, None, run.run_id, run.file_name, enriched)
+        outcome = await publisher.publish(run, enriched, new_generation=True)
+        missing = sum(1 for t in enriched if t is not None and t.missing_reason)
+        print(
+            f"re-enriched {run_id}: generation {outcome.generation}, {len(enriched)} scenarios, "
+            f"{missing} still missing telemetry"
+        )
+        return 1 if missing else 0
+    finally:
+        enricher.close()
+        await bus.drain(nc)
+
+
+async def load_published_run(js: JetStreamContext, publisher: RunPublisher, run_id: str) -> ParsedRun | None:
+    """Rebuild a run from its manifest and scenario messages in the ingest stream."""
+    try:
+        entry = await publisher.kv.get(kv_key(run_id))
+    except KeyNotFoundError:
+        return None
+    record = msgspec.json.decode(entry.value or b"", type=IngestRecord)
+    digest = record.file_sha256[:16]
+    raw = await js.get_last_msg(subjects.INGEST_STREAM, subjects.run_subject(digest))
+    manifest = msgspec.json.decode(raw.data or b"", type=RunManifest)
+    messages = []
+    for index in range(manifest.scenario_count):
+        msg = await js.get_last_msg(subjects.INGEST_STREAM, subjects.scenario_subject(digest, index))
+        messages.append(msgspec.json.decode(msg.data or b"", type=ScenarioMessage))
+    results = ResultsFile(
+        scenarios=[m.scenario for m in messages],
+        test_date=manifest.test_date,
+        test_metadata=manifest.test_metadata,
+    )
+    return ParsedRun(
+        run_id=manifest.run_id,
+        file_name=manifest.file_name,
+        sha256=manifest.file_sha256,
+        size=manifest.file_bytes,
+        results=results,
+        extras=[m.extra for m in messages],
+    )
+
+
 async def open_publisher(cfg: bus.NatsConfig) -> tuple[NATS, JetStreamContext, RunPublisher]:
     """Connect, make sure streams and the ingest bucket exist, and return a ready publisher."""
     nc = await bus.connect(cfg, name=SERVICE)
@@ -491,6 +665,8 @@ async def one_shot(args: argparse.Namespace) -> int:
 
 
 async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    if args.reenrich:
+        return await reenrich(args, args.reenrich)
     if args.files:
         return await one_shot(args)
     settings = IngestSettings(
@@ -503,7 +679,8 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     )
     metrics = IngestMetrics()
     nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
-    service = IngestService(settings, publisher, js, metrics)
+    enricher = make_enricher(args)
+    service = IngestService(settings, publisher, js, metrics, enricher)
     status: StatusServer | None = None
     if args.status_port:
         status = StatusServer(
@@ -520,6 +697,8 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     finally:
         if status is not None:
             status.stop()
+        if enricher is not None:
+            enricher.close()
         await bus.drain(nc)
     log.info("ingest stopped")
     return 0

@@ -1,0 +1,123 @@
+"""One resolved view of a scenario's measurements, whatever carried them. Pure, no I/O.
+
+Three places can hold measurements of a scenario:
+
+1. the file's ``telemetry`` block (written by the benchmark);
+2. the old top-level fields (``power_watts``, ``cpu_usage_cores``, ``gpu_usage_cores``, ``step_seconds``, and
+   the summaries ``power`` = {mean_watts, total_energy_joules} and ``gpu_power`` = {mean_watts});
+3. enrichment from Prometheus/VictoriaMetrics (``ScenarioMessage.enriched``).
+
+**Precedence, field by field: telemetry block > old fields > Prometheus.** What the benchmark wrote into the
+file about its own run is the most specific statement there is; Prometheus fills in only what the file lacks.
+(The old cost exporter let a non-empty Prometheus answer overwrite the file's series; see
+docs/compatibility.md T1.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.integration import SampledSeries, integrate, mean
+from shared.schemas import Scenario, Series, Telemetry
+
+
+@dataclass(frozen=True)
+class ResolvedTelemetry:
+    #: CPU package power, W (RAPL ``package.*`` zones): mean power, stdev, energy fallback.
+    package_power_w: SampledSeries | None
+    #: Power the cost model integrates, W: the all-zones sum when known (the old cost query), else package power.
+    cost_power_w: SampledSeries | None
+    cpu_cores: SampledSeries | None
+    gpu_usage: SampledSeries | None
+    container_cpu_percent: SampledSeries | None
+    #: Measured energy over the scenario, J (the ``increase()`` query, or a file's figure).
+    energy_j: float | None
+    #: A mean power given as a summary only (old ``power.mean_watts``), W.
+    summary_mean_power_w: float | None
+    #: GPU mean power from the old ``gpu_power`` summary, W.
+    gpu_mean_power_w: float | None
+    #: Where each series came from, for the record: ``file``, ``legacy-fields``, ``prometheus``.
+    sources: tuple[str, ...]
+    #: Why enrichment failed, when it did.
+    missing_reason: str | None
+
+    @property
+    def has_any(self) -> bool:
+        return any(
+            x is not None
+            for x in (
+                self.package_power_w,
+                self.cost_power_w,
+                self.cpu_cores,
+                self.container_cpu_percent,
+                self.energy_j,
+                self.summary_mean_power_w,
+            )
+        )
+
+    def mean_power_w(self) -> float | None:
+        """Mean package power, W: measured energy / duration is the caller's job; this is the sample mean,
+        or the file's summary mean when there are no samples."""
+        sampled = mean(self.package_power_w)
+        return sampled if sampled is not None else self.summary_mean_power_w
+
+    def energy_or_integral_j(self) -> float | None:
+        """Measured energy, or the integral of package power when no energy figure exists, J."""
+        return self.energy_j if self.energy_j is not None else integrate(self.package_power_w)
+
+
+def _pick(*candidates: tuple[Series | None, float | None, str]) -> tuple[SampledSeries | None, str | None]:
+    for series, step, source in candidates:
+        resolved = SampledSeries.from_field(series, step)
+        if resolved is not None:
+            return resolved, source
+    return None, None
+
+
+def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTelemetry:
+    """Merge the three sources with the documented precedence (block > old fields > Prometheus)."""
+    block = scenario.telemetry or Telemetry()
+    prom = enriched or Telemetry()
+    block_step = block.step_seconds if block.step_seconds is not None else scenario.step_seconds
+    legacy_step = scenario.step_seconds if scenario.step_seconds is not None else block.step_seconds
+    prom_step = prom.step_seconds
+    sources: list[str] = []
+
+    def pick(
+        block_field: Series | None, legacy_field: Series | None, prom_field: Series | None
+    ) -> SampledSeries | None:
+        series, source = _pick(
+            (block_field, block_step, "file"),
+            (legacy_field, legacy_step, "legacy-fields"),
+            (prom_field, prom_step, "prometheus"),
+        )
+        if source is not None and source not in sources:
+            sources.append(source)
+        return series
+
+    package = pick(block.power_watts, scenario.power_watts, prom.power_watts)
+    all_zones = pick(block.power_all_zones_watts, None, prom.power_all_zones_watts)
+    cpu = pick(block.cpu_usage_cores, scenario.cpu_usage_cores, prom.cpu_usage_cores)
+    gpu = pick(block.gpu_usage_cores, scenario.gpu_usage_cores, prom.gpu_usage_cores)
+    container = pick(block.container_cpu_percent, None, prom.container_cpu_percent)
+
+    energy = block.energy_joules
+    if energy is None and scenario.power is not None:
+        energy = scenario.power.total_energy_joules
+    if energy is None and scenario.energy_joules is not None:
+        energy = scenario.energy_joules
+    if energy is None:
+        energy = prom.energy_joules
+
+    return ResolvedTelemetry(
+        package_power_w=package,
+        cost_power_w=all_zones if all_zones is not None else package,
+        cpu_cores=cpu,
+        gpu_usage=gpu,
+        container_cpu_percent=container,
+        energy_j=energy,
+        summary_mean_power_w=scenario.power.mean_watts if scenario.power is not None else None,
+        gpu_mean_power_w=scenario.gpu_power.mean_watts if scenario.gpu_power is not None else None,
+        sources=tuple(sources),
+        missing_reason=prom.missing_reason,
+    )
