@@ -1,0 +1,455 @@
+"""Power-prediction models in numpy/scipy: ordinary least squares with honest intervals. No I/O.
+
+One OLS engine (:class:`OLSFit`) serves three predictors:
+
+* :class:`LinearPredictor` - ``y = b0 + b1 x`` (x: stream count, by default);
+* :class:`PolynomialPredictor` - ``y = b0 + b1 x + ... + bd x^d``;
+* :class:`MultivariatePredictor` - ``y = b0 + sum(bj fj)`` over named features.
+
+The design is centred and scaled and solved by QR (never the normal equations). Constant feature columns are
+dropped (the intercept carries them) and collinear ones are found by column-pivoted QR and dropped; both are
+listed in the model info. Two intervals exist and are named apart:
+
+* **prediction interval** - where a *new observation* at x is expected to fall:
+  ``yhat +- t(1-a/2, n-p) * s * sqrt(1 + x (X'X)^-1 x')``;
+* **confidence interval of the mean** - where the *regression line* at x lies:
+  ``yhat +- t(1-a/2, n-p) * s * sqrt(x (X'X)^-1 x')``.
+
+(The old code computed a bootstrap interval of the mean, called it a confidence interval and discarded it, and
+exported measured mean +- 2 sigma under "prediction_confidence": B-R14.) Everything is deterministic: the
+bootstrap uses a seeded generator, and no salted ``hash()`` is involved (B-M1). Persistence is JSON through
+msgspec (``to_dict``/``from_dict``), never pickle (B-M6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import scipy.linalg
+from scipy import stats
+
+FloatArray = npt.NDArray[np.float64]
+
+MODEL_FORMAT_VERSION = 1
+
+
+class ModelError(ValueError):
+    """The data cannot support the requested model (e.g. no samples)."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float | None
+    high: float | None
+    #: ``prediction`` (a new observation) or ``mean`` (the regression line) or ``bootstrap-prediction``.
+    kind: str
+    confidence_level: float
+
+
+class OLSState(msgspec.Struct, kw_only=True):
+    """Everything needed to predict and to compute intervals; serialisable."""
+
+    feature_names: list[str]
+    kept: list[str]
+    dropped: dict[str, str]
+    centre: list[float]
+    scale: list[float]
+    #: Coefficients on the standardised design: intercept first, then one per kept feature.
+    beta_std: list[float]
+    #: Inverse of R from the QR of the standardised design, row-major (p x p).
+    r_inv: list[list[float]]
+    n: int
+    p: int
+    sse: float
+    sst: float
+    confidence_level: float
+
+
+class OLSFit:
+    """Ordinary least squares on a centred and scaled design, solved by QR."""
+
+    def __init__(self, state: OLSState) -> None:
+        self.state = state
+        self._centre = np.asarray(state.centre, dtype=np.float64)
+        self._scale = np.asarray(state.scale, dtype=np.float64)
+        self._beta = np.asarray(state.beta_std, dtype=np.float64)
+        self._r_inv = np.asarray(state.r_inv, dtype=np.float64).reshape(state.p, state.p)
+        self._kept_idx = [state.feature_names.index(k) for k in state.kept]
+
+    @classmethod
+    def fit(
+        cls, x: FloatArray, y: FloatArray, feature_names: Sequence[str], confidence_level: float = 0.95
+    ) -> OLSFit:
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if x.ndim == 1:
+            x = x[:, None]
+        n = y.size
+        if n == 0:
+            raise ModelError("no samples to fit")
+        if x.shape != (n, len(feature_names)):
+            raise ModelError(f"design is {x.shape}, expected ({n}, {len(feature_names)})")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ModelError("non-finite values in the data")
+        dropped: dict[str, str] = {}
+        centre = x.mean(axis=0)
+        scale = x.std(axis=0)
+        candidates = []
+        for j, name in enumerate(feature_names):
+            if scale[j] <= 1e-12 * max(1.0, abs(centre[j])):
+                dropped[name] = "constant"
+            else:
+                candidates.append(j)
+        z = (x[:, candidates] - centre[candidates]) / scale[candidates] if candidates else np.empty((n, 0))
+        if candidates:
+            _, r, piv = scipy.linalg.qr(z, mode="economic", pivoting=True)
+            diag = np.abs(np.diag(r))
+            tol = max(z.shape) * np.finfo(np.float64).eps * (diag[0] if diag.size else 0.0) * 1e3
+            numerical_rank = int(np.sum(diag > tol))
+            # p = 1 + kept must not exceed n, or nothing can be estimated.
+            rank = min(numerical_rank, max(n - 1, 0))
+            # n centred rows span at most n - 1 dimensions: past that, "collinear" means "too few samples".
+            reason = "too few samples" if len(candidates) > n - 1 else "collinear"
+            for col in piv[rank:]:
+                dropped[feature_names[candidates[col]]] = reason
+            keep_cols = sorted(piv[:rank].tolist())
+            kept_idx = [candidates[c] for c in keep_cols]
+            z = z[:, keep_cols]
+        else:
+            kept_idx = []
+        design = np.hstack([np.ones((n, 1)), z])
+        q, r_full = np.linalg.qr(design)
+        beta = scipy.linalg.solve_triangular(r_full, q.T @ y)
+        residuals = y - design @ beta
+        sse = float(residuals @ residuals)
+        sst = float(((y - y.mean()) ** 2).sum())
+        r_inv = scipy.linalg.solve_triangular(r_full, np.eye(r_full.shape[0]))
+        full_centre = [float(c) for c in centre]
+        full_scale = [float(s) if s > 0 else 1.0 for s in scale]
+        state = OLSState(
+            feature_names=list(feature_names),
+            kept=[feature_names[j] for j in kept_idx],
+            dropped={k: dropped[k] for k in feature_names if k in dropped},
+            centre=full_centre,
+            scale=full_scale,
+            beta_std=[float(b) for b in beta],
+            r_inv=[[float(v) for v in row] for row in r_inv],
+            n=n,
+            p=design.shape[1],
+            sse=sse,
+            sst=sst,
+            confidence_level=confidence_level,
+        )
+        return cls(state)
+
+    # -- derived quantities ----------------------------------------------------------------------------
+
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom, n - p."""
+        return self.state.n - self.state.p
+
+    @property
+    def residual_std_error(self) -> float | None:
+        """s = sqrt(SSE / (n - p)); None when n <= p."""
+        return math.sqrt(self.state.sse / self.dof) if self.dof > 0 else None
+
+    @property
+    def r2(self) -> float | None:
+        """1 - SSE/SST; None for a constant target (SST = 0)."""
+        if self.state.sst <= 0:
+            return None
+        return 1.0 - self.state.sse / self.state.sst
+
+    def _design_rows(self, x: FloatArray) -> FloatArray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        z = (x[:, self._kept_idx] - self._centre[self._kept_idx]) / self._scale[self._kept_idx]
+        return np.hstack([np.ones((x.shape[0], 1)), z])
+
+    def coefficients(self) -> dict[str, float]:
+        """Coefficients in the original units: ``intercept`` and one per kept feature."""
+        beta = self._beta
+        slopes = beta[1:] / self._scale[self._kept_idx]
+        intercept = beta[0] - float(np.dot(slopes, self._centre[self._kept_idx]))
+        out = {"intercept": float(intercept)}
+        out.update({name: float(b) for name, b in zip(self.state.kept, slopes, strict=True)})
+        return out
+
+    def standard_errors(self) -> dict[str, float] | None:
+        """Standard errors of the original-unit coefficients (as statsmodels' ``bse``); None when n <= p."""
+        s = self.residual_std_error
+        if s is None:
+            return None
+        # Cov(beta_std) = s^2 (R^-1 R^-T). Original units: slopes_j = b_j / scale_j and
+        # intercept = b0 - sum(slopes_j * centre_j), a linear map T of beta_std.
+        p = self.state.p
+        transform = np.zeros((p, p))
+        inv_scale = 1.0 / self._scale[self._kept_idx]
+        transform[0, 0] = 1.0
+        transform[0, 1:] = -inv_scale * self._centre[self._kept_idx]
+        transform[1:, 1:] = np.diag(inv_scale)
+        cov_std = s**2 * (self._r_inv @ self._r_inv.T)
+        cov = transform @ cov_std @ transform.T
+        se = np.sqrt(np.diag(cov))
+        names = ["intercept", *self.state.kept]
+        return {name: float(v) for name, v in zip(names, se, strict=True)}
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        out: FloatArray = self._design_rows(x) @ self._beta
+        return out
+
+    def _leverage(self, rows: FloatArray) -> FloatArray:
+        v = rows @ self._r_inv
+        out: FloatArray = np.einsum("ij,ij->i", v, v)
+        return out
+
+    def intervals(self, x: FloatArray, *, kind: str, confidence_level: float | None = None) -> list[Interval]:
+        """``kind`` = ``prediction`` (new observation) or ``mean`` (regression line)."""
+        level = self.state.confidence_level if confidence_level is None else confidence_level
+        rows = self._design_rows(x)
+        mean = rows @ self._beta
+        s = self.residual_std_error
+        if s is None:
+            return [Interval(float(m), None, None, kind, level) for m in mean]
+        t = float(stats.t.ppf(0.5 + level / 2.0, self.dof))
+        lev = self._leverage(rows)
+        extra = 1.0 if kind == "prediction" else 0.0
+        if kind not in ("prediction", "mean"):
+            raise ValueError(f"unknown interval kind {kind!r}")
+        half = t * s * np.sqrt(extra + lev)
+        return [
+            Interval(float(m), float(m - h), float(m + h), kind, level)
+            for m, h in zip(mean, half, strict=True)
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bootstrap
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Case-resampling bootstrap of a fit, all refits at once (batched pseudo-inverse), seeded.
+
+    ``coef`` holds B coefficient vectors on the standardised design, ``noise`` B resampled residuals; the
+    bootstrap prediction interval of a new x is the percentile interval of ``x.coef_b + noise_b``.
+    """
+
+    coef: FloatArray
+    noise: FloatArray
+
+    @classmethod
+    def of(cls, fit: OLSFit, x: FloatArray, y: FloatArray, n_bootstrap: int, seed: int) -> Bootstrap:
+        rng = np.random.default_rng(seed)
+        design = fit._design_rows(np.atleast_2d(np.asarray(x, dtype=np.float64)).reshape(len(y), -1))
+        y = np.asarray(y, dtype=np.float64)
+        n = y.size
+        idx = rng.integers(0, n, size=(n_bootstrap, n))
+        xb = design[idx]  # (B, n, p)
+        yb = y[idx]  # (B, n)
+        coef = np.einsum("bpn,bn->bp", np.linalg.pinv(xb), yb)
+        residuals = y - design @ fit._beta
+        dof = max(fit.dof, 1)
+        # Residuals shrink by sqrt((n-p)/n) in-sample; inflate them back for new observations.
+        noise = rng.choice(residuals * math.sqrt(n / dof), size=n_bootstrap, replace=True)
+        return cls(coef, noise)
+
+    def interval(self, rows: FloatArray, level: float) -> list[tuple[float, float]]:
+        draws = rows @ self.coef.T + self.noise  # (m, B)
+        low = np.quantile(draws, 0.5 - level / 2.0, axis=1)
+        high = np.quantile(draws, 0.5 + level / 2.0, axis=1)
+        return [(float(a), float(b)) for a, b in zip(low, high, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Predictors
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PredictorState(msgspec.Struct, kw_only=True):
+    """Serialised predictor (``to_dict``/``from_dict``)."""
+
+    format_version: int
+    kind: str
+    degree: int | None = None
+    feature_names: list[str]
+    ols: OLSState
+    clamp_at_zero: bool = True
+
+
+@dataclass
+class _Base:
+    confidence_level: float = 0.95
+    clamp_at_zero: bool = True
+    n_bootstrap: int = 0
+    seed: int = 0
+    _fit: OLSFit | None = field(default=None, init=False, repr=False)
+    _bootstrap: Bootstrap | None = field(default=None, init=False, repr=False)
+
+    kind = "base"
+
+    # Subclasses map their raw inputs to the design features.
+    def _features(self, x: Any) -> FloatArray:
+        raise NotImplementedError
+
+    def feature_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def fit(self, x: Any, y: Sequence[float] | FloatArray) -> Self:
+        features = self._features(x)
+        y_arr = np.asarray(y, dtype=np.float64)
+        self._fit = OLSFit.fit(features, y_arr, self.feature_names(), self.confidence_level)
+        if self.n_bootstrap > 0:
+            self._bootstrap = Bootstrap.of(self._fit, features, y_arr, self.n_bootstrap, self.seed)
+        return self
+
+    @property
+    def ols(self) -> OLSFit:
+        if self._fit is None:
+            raise ModelError("the model is not fitted")
+        return self._fit
+
+    @property
+    def r2(self) -> float | None:
+        return self.ols.r2
+
+    @property
+    def residual_std_error(self) -> float | None:
+        return self.ols.residual_std_error
+
+    def coefficients(self) -> dict[str, float]:
+        return self.ols.coefficients()
+
+    def _clamp(self, value: float | None) -> float | None:
+        if value is None:
+            return None
+        return max(0.0, value) if self.clamp_at_zero else value
+
+    def predict(self, x: Any) -> FloatArray:
+        """Point predictions (W), clamped at 0."""
+        raw = self.ols.predict(self._features(x))
+        return np.maximum(raw, 0.0) if self.clamp_at_zero else raw
+
+    def _intervals(self, x: Any, kind: str) -> list[Interval]:
+        out = []
+        for iv in self.ols.intervals(self._features(x), kind=kind):
+            mean = self._clamp(iv.mean)
+            assert mean is not None
+            out.append(
+                Interval(mean, self._clamp(iv.low), self._clamp(iv.high), iv.kind, iv.confidence_level)
+            )
+        return out
+
+    def prediction_intervals(self, x: Any) -> list[Interval]:
+        """Where new observations at x are expected to fall (t interval, residual variance included)."""
+        return self._intervals(x, "prediction")
+
+    def mean_confidence_intervals(self, x: Any) -> list[Interval]:
+        """Where the regression line (the expected value) at x lies."""
+        return self._intervals(x, "mean")
+
+    def bootstrap_prediction_intervals(self, x: Any) -> list[Interval]:
+        if self._bootstrap is None:
+            raise ModelError("fit with n_bootstrap > 0 to get bootstrap intervals")
+        rows = self.ols._design_rows(self._features(x))
+        means = rows @ self.ols._beta
+        return [
+            Interval(
+                max(0.0, float(m)) if self.clamp_at_zero else float(m),
+                self._clamp(lo),
+                self._clamp(hi),
+                "bootstrap-prediction",
+                self.confidence_level,
+            )
+            for m, (lo, hi) in zip(means, self._bootstrap.interval(rows, self.confidence_level), strict=True)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        state = PredictorState(
+            format_version=MODEL_FORMAT_VERSION,
+            kind=self.kind,
+            degree=getattr(self, "degree", None),
+            feature_names=self.feature_names(),
+            ols=self.ols.state,
+            clamp_at_zero=self.clamp_at_zero,
+        )
+        return msgspec.to_builtins(state)  # type: ignore[no-any-return]
+
+
+class LinearPredictor(_Base):
+    """``y = b0 + b1 x`` for one variable."""
+
+    kind = "linear"
+
+    def _features(self, x: Any) -> FloatArray:
+        return np.asarray(x, dtype=np.float64).reshape(-1, 1)
+
+    def feature_names(self) -> list[str]:
+        return ["x"]
+
+
+@dataclass
+class PolynomialPredictor(_Base):
+    """``y = b0 + b1 x + ... + bd x^d`` for one variable; powers of the centred, scaled x keep it stable."""
+
+    degree: int = 2
+    kind = "poly"
+
+    def _features(self, x: Any) -> FloatArray:
+        v = np.asarray(x, dtype=np.float64).reshape(-1)
+        return np.column_stack([v**k for k in range(1, self.degree + 1)])
+
+    def feature_names(self) -> list[str]:
+        return ["x"] + [f"x^{k}" for k in range(2, self.degree + 1)]
+
+
+@dataclass
+class MultivariatePredictor(_Base):
+    """OLS on named features; rows are mappings ``{feature: value}`` or arrays in ``names`` order."""
+
+    names: list[str] = field(default_factory=list)
+    kind = "multivariate"
+
+    def _features(self, x: Any) -> FloatArray:
+        if isinstance(x, dict):
+            x = [x]
+        if isinstance(x, list) and x and isinstance(x[0], dict):
+            return np.array([[float(row[name]) for name in self.names] for row in x], dtype=np.float64)
+        return np.asarray(x, dtype=np.float64).reshape(-1, len(self.names))
+
+    def feature_names(self) -> list[str]:
+        return list(self.names)
+
+    def predict_with_confidence(self, features: Any) -> tuple[float, float | None, float | None]:
+        """(mean, low, high) of the **prediction interval** for one new observation."""
+        [iv] = self.prediction_intervals(features)
+        return iv.mean, iv.low, iv.high
+
+
+def from_dict(data: dict[str, Any]) -> _Base:
+    """Rebuild a predictor saved with ``to_dict`` (any known format version)."""
+    state = msgspec.convert(data, PredictorState)
+    if state.format_version != MODEL_FORMAT_VERSION:
+        raise ModelError(f"unsupported model format version {state.format_version}")
+    predictor: _Base
+    if state.kind == "linear":
+        predictor = LinearPredictor(confidence_level=state.ols.confidence_level)
+    elif state.kind == "poly":
+        predictor = PolynomialPredictor(confidence_level=state.ols.confidence_level, degree=state.degree or 2)
+    elif state.kind == "multivariate":
+        predictor = MultivariatePredictor(
+            confidence_level=state.ols.confidence_level, names=state.feature_names
+        )
+    else:
+        raise ModelError(f"unknown model kind {state.kind!r}")
+    predictor.clamp_at_zero = state.clamp_at_zero
+    predictor._fit = OLSFit(state.ols)
+    return predictor
