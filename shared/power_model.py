@@ -32,7 +32,7 @@ from shared.modeling import (
     from_dict,
 )
 from shared.parsing import encoder_kind, renditions, stream_count, try_bitrate_mbps
-from shared.schemas import Scenario
+from shared.schemas import CandidateScore, ModelInfo, Scenario
 
 FEATURES = ["streams", "bitrate_mbps", "pixel_rate_mpx", "encoder_gpu"]
 MIN_TRAINING_POINTS = 3
@@ -73,32 +73,6 @@ def features_of(scenario: Scenario) -> dict[str, float] | None:
 def hardware_fingerprint(cpu_model: str | None) -> str:
     """sha256 of the CPU model string (``unknown`` when absent): stable across processes (B-M1)."""
     return hashlib.sha256((cpu_model or "unknown").encode()).hexdigest()
-
-
-class CandidateScore(msgspec.Struct, kw_only=True):
-    name: str
-    n_params: int
-    r2_train: float | None
-    r2_cv: float | None
-    rmse_cv: float | None
-    mae_cv: float | None
-    error: str | None = None
-
-
-class ModelInfo(msgspec.Struct, kw_only=True):
-    name: str
-    selection: str
-    rule_choice: str
-    n_train: int
-    distinct_streams: int
-    r2: float | None
-    residual_std_error: float | None
-    confidence_level: float
-    coefficients: dict[str, float]
-    dropped_features: dict[str, str]
-    candidates: list[CandidateScore]
-    trained_at: float
-    fingerprint: str = ""
 
 
 class SavedModel(msgspec.Struct, kw_only=True):

@@ -203,6 +203,115 @@ class IngestRecord(msgspec.Struct, kw_only=True):
     updated_at: float
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Worker results (subject ``te.results.<kind>.<digest>``, one message per run and kind)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class CandidateScore(msgspec.Struct, kw_only=True):
+    """A candidate power model and how it did on held-out scenarios."""
+
+    name: str
+    n_params: int
+    r2_train: float | None
+    r2_cv: float | None
+    rmse_cv: float | None
+    mae_cv: float | None
+    error: str | None = None
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    """The power model used for a run's predictions."""
+
+    name: str
+    #: ``cv`` (lowest cross-validated RMSE) or ``rule`` (linear below 6 distinct stream counts, else poly2).
+    selection: str
+    rule_choice: str
+    n_train: int
+    distinct_streams: int
+    r2: float | None
+    residual_std_error: float | None
+    confidence_level: float
+    coefficients: dict[str, float]
+    dropped_features: dict[str, str]
+    candidates: list[CandidateScore]
+    trained_at: float
+    #: sha256 of the CPU model string (``unknown`` when the file names none).
+    fingerprint: str = ""
+    #: Runs whose scenarios the model was trained on.
+    runs: list[str] = []
+
+
+class ModelingScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Per-scenario statistics (the old results exporter's) and power predictions. Units in the names."""
+
+    index: int
+    is_baseline: bool = False
+    duration_s: float | None = None
+    energy_j: float | None = None
+    energy_wh: float | None = None
+    mean_power_w: float | None = None
+    container_cpu_percent: float | None = None
+    docker_overhead_w: float | None = None
+    energy_wh_per_min: float | None = None
+    energy_wh_per_mbps: float | None = None
+    energy_mj_per_frame: float | None = None
+    #: Pixels delivered per joule (streams x renditions).
+    efficiency_score: float | None = None
+    total_pixels: float | None = None
+    power_stdev_w: float | None = None
+    #: Measured mean power +- 2 sample standard deviations (the old ``prediction_confidence_*``).
+    band_high_w: float | None = None
+    band_low_w: float | None = None
+    delta_power_w: float | None = None
+    delta_energy_wh: float | None = None
+    power_pct_increase: float | None = None
+    delta_container_cpu_percent: float | None = None
+    predicted_power_w: float | None = None
+    predicted_energy_j: float | None = None
+    predicted_efficiency_score: float | None = None
+    #: The model's prediction interval for a new run of this configuration, W.
+    prediction_interval_low_w: float | None = None
+    prediction_interval_high_w: float | None = None
+    #: Why a value is missing (telemetry absent, no model, ...).
+    notes: list[str] = []
+
+
+class ModelingResult(msgspec.Struct, kw_only=True):
+    run_id: str
+    digest: str
+    generation: int
+    scenarios: list[ModelingScenario]
+    baseline_index: int | None
+    model: ModelInfo | None
+    #: Why there is no model (fewer than 3 usable scenarios, ...).
+    model_reason: str | None
+    computed_at: float
+    compute_seconds: float
+    kind: str = "modeling"
+    schema_version: int = SCHEMA_VERSION
+
+
+class PredictRequest(msgspec.Struct, kw_only=True):
+    """Request on ``te.predict.power`` (nats.micro service ``transcode-energy-modeling``)."""
+
+    scenario: Scenario
+    #: Which machine's model to use; ``unknown`` (files that name no CPU) when absent.
+    cpu_model: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class PredictResponse(msgspec.Struct, kw_only=True):
+    mean_power_w: float
+    #: Prediction interval for one new run of this configuration (None with too few points to estimate it).
+    prediction_interval_low_w: float | None
+    prediction_interval_high_w: float | None
+    confidence_level: float
+    features: dict[str, float]
+    model: ModelInfo
+    schema_version: int = SCHEMA_VERSION
+
+
 #: Message types documented with JSON Schema, by name.
 PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "ScenarioMessage": ScenarioMessage,
@@ -210,4 +319,7 @@ PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "ErrorEvent": ErrorEvent,
     "IngestRecord": IngestRecord,
     "ResultsFile": ResultsFile,
+    "ModelingResult": ModelingResult,
+    "PredictRequest": PredictRequest,
+    "PredictResponse": PredictResponse,
 }

@@ -1,0 +1,183 @@
+"""The loop every worker runs: take run manifests from a durable pull consumer, compute, publish, ack.
+
+* All replicas of one worker type bind to the same durable consumer, so they split the runs between them;
+  starting another process is all it takes to scale out.
+* A result is published with ``Nats-Msg-Id = <digest>:<generation>:<kind>`` and the message is acked only
+  after JetStream acknowledged the result: a crash before the ack redelivers the run, and the redelivered
+  result replaces the first (one message per subject), so nothing is lost or counted twice.
+* A manifest superseded by a newer generation of the same content is acked without work.
+* Undecodable manifests are terminated (never redelivered) and reported; failures while computing are
+  retried with a delay up to ``max_deliver`` times and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared import bus, subjects
+from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest, ScenarioMessage
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_MANIFEST = msgspec.json.Decoder(RunManifest)
+_SCENARIO = msgspec.json.Decoder(ScenarioMessage)
+
+
+@dataclass(frozen=True)
+class RunInput:
+    manifest: RunManifest
+    scenarios: list[ScenarioMessage]
+
+
+Compute = Callable[[RunInput], Awaitable[msgspec.Struct]]
+
+
+class Superseded(Exception):
+    pass
+
+
+async def load_run(js: JetStreamContext, manifest: RunManifest) -> RunInput:
+    """The run's scenario messages, read by subject. Raises Superseded when a newer generation exists."""
+    try:
+        latest = await js.get_last_msg(
+            subjects.INGEST_STREAM, subjects.run_subject(manifest.digest), direct=True
+        )
+        current = _MANIFEST.decode(latest.data or b"")
+        if current.generation > manifest.generation:
+            raise Superseded(f"generation {manifest.generation} superseded by {current.generation}")
+    except NotFoundError:
+        pass
+    scenarios = []
+    for index in range(manifest.scenario_count):
+        raw = await js.get_last_msg(
+            subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
+        )
+        scenarios.append(_SCENARIO.decode(raw.data or b""))
+    return RunInput(manifest, scenarios)
+
+
+class RunWorker:
+    def __init__(
+        self, nc: NATS, *, kind: str, durable: str, compute: Compute, max_deliver: int = 5, replicas: int = 1
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.kind = kind
+        self.durable = durable
+        self.compute = compute
+        self.max_deliver = max_deliver
+        self.replicas = replicas
+        self.processed = 0
+        self.failed = 0
+        self.ready = asyncio.Event()
+
+    async def _report(self, reason: str, message: str, manifest: RunManifest | None) -> None:
+        event = ErrorEvent(
+            service=self.kind,
+            reason=reason,
+            message=message,
+            at=time.time(),
+            run_id=manifest.run_id if manifest else None,
+            file=manifest.file_name if manifest else None,
+        )
+        with contextlib.suppress(*_TRANSIENT):
+            await self.js.publish(
+                subjects.error_subject(self.kind), msgspec.json.encode(event), stream=subjects.EVENTS_STREAM
+            )
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            manifest = _MANIFEST.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.error("undecodable manifest on %s: %s", msg.subject, exc)
+            await self._report("bad_message", f"{msg.subject}: {exc}", None)
+            await msg.term()
+            return
+        if manifest.schema_version > SCHEMA_VERSION:
+            await self._report(
+                "schema_version", f"manifest schema {manifest.schema_version} is newer", manifest
+            )
+            await msg.term()
+            return
+        try:
+            run = await load_run(self.js, manifest)
+            started = time.perf_counter()
+            result = await self.compute(run)
+            payload = msgspec.json.encode(result)
+            await self.js.publish(
+                subjects.result_subject(self.kind, manifest.digest),
+                payload,
+                stream=subjects.RESULTS_STREAM,
+                headers={"Nats-Msg-Id": f"{manifest.digest}:{manifest.generation}:{self.kind}"},
+            )
+            await msg.ack()
+            self.processed += 1
+            log.info(
+                "%s: %s generation %d done (%d scenarios, %.1f ms)",
+                self.kind,
+                manifest.run_id,
+                manifest.generation,
+                len(run.scenarios),
+                (time.perf_counter() - started) * 1000,
+            )
+        except Superseded as exc:
+            log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
+            await msg.ack()
+        except _TRANSIENT as exc:
+            log.warning(
+                "%s: %s: NATS trouble (%s); will retry", self.kind, manifest.run_id, type(exc).__name__
+            )
+            with contextlib.suppress(*_TRANSIENT):
+                await msg.nak(delay=2)
+        except Exception as exc:
+            self.failed += 1
+            deliveries = msg.metadata.num_delivered if msg.metadata else 1
+            log.exception(
+                "%s: computing %s failed (delivery %d of %d)",
+                self.kind,
+                manifest.run_id,
+                deliveries,
+                self.max_deliver,
+            )
+            await self._report("compute_failed", f"{type(exc).__name__}: {exc}", manifest)
+            with contextlib.suppress(*_TRANSIENT):
+                await msg.nak(delay=5)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await bus.ensure_topology(self.js, replicas=self.replicas)
+        await bus.ensure_pull_consumer(
+            self.js,
+            subjects.INGEST_STREAM,
+            self.durable,
+            f"{subjects.INGEST_RUN}.>",
+            max_deliver=self.max_deliver,
+        )
+        sub = await self.js.pull_subscribe_bind(self.durable, stream=subjects.INGEST_STREAM)
+        self.ready.set()
+        log.info("%s worker consuming %s.> as durable %r", self.kind, subjects.INGEST_RUN, self.durable)
+        while not stop.is_set():
+            try:
+                messages = await sub.fetch(1, timeout=1)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except _TRANSIENT as exc:
+                log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
+                await asyncio.sleep(1)
+                continue
+            for msg in messages:
+                await self.handle(msg)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
