@@ -334,6 +334,9 @@ def run(args: argparse.Namespace, available: list[str]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    # Created here, before anything is announced, so a file can be dropped the moment "up" says so; the
+    # ingest start-up scan picks up whatever arrives before its watcher runs.
+    Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     nats_proc: subprocess.Popen[bytes] | None = None
     if args.nats_url:
         nats_url = args.nats_url
