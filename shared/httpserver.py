@@ -30,9 +30,12 @@ class StatusServer:
         port: int,
         ready: Callable[[], bool] = lambda: True,
         name: str = "metrics",
+        render: Callable[[str], tuple[bytes, str]] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
+        #: ``render(accept_header) -> (body, content_type)``; defaults to encoding the registry per request.
+        self.render = render or self._render
         self.name = name
         server_self = self
 
@@ -54,8 +57,7 @@ class StatusServer:
                 path = urlsplit(self.path).path
                 if path == "/metrics":
                     try:
-                        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                        body = encoder(server_self.registry)
+                        body, content_type = server_self.render(self.headers.get("Accept", ""))
                     except Exception:
                         log.exception("rendering /metrics failed")
                         self._send(500, b"internal error rendering metrics\n")
@@ -74,6 +76,10 @@ class StatusServer:
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"http-{name}", daemon=True)
+
+    def _render(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
     @property
     def port(self) -> int:

@@ -292,6 +292,79 @@ class ModelingResult(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+class CostScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Cost figures of one scenario, in ``CostResult.currency``. Units in the names."""
+
+    index: int
+    energy_cost: float | None = None
+    compute_cost: float | None = None
+    total_cost: float | None = None
+    cost_per_pixel: float | None = None
+    cost_per_watch_hour: float | None = None
+    #: Energy only: mean power kW x price per kWh (the old ``cost_usd_per_hour``).
+    cost_per_hour: float | None = None
+    monthly_cost: float | None = None
+    monthly_savings: float | None = None
+    co2_kg_per_hour: float | None = None
+    co2_monthly_kg: float | None = None
+    co2_monthly_avoided_kg: float | None = None
+    energy_joules: float | None = None
+    cpu_core_seconds: float | None = None
+    mean_power_w: float | None = None
+    notes: list[str] = []
+
+
+class CostResult(msgspec.Struct, kw_only=True):
+    run_id: str
+    digest: str
+    generation: int
+    currency: str
+    region: str
+    energy_price_per_kwh: float
+    energy_price_source: str
+    cpu_cost_per_hour: float
+    gpu_cost_per_hour: float
+    co2_intensity_g_per_kwh: float
+    co2_intensity_source: str
+    baseline_index: int | None
+    baseline_power_w: float | None
+    scenarios: list[CostScenario]
+    computed_at: float
+    compute_seconds: float
+    kind: str = "cost"
+    schema_version: int = SCHEMA_VERSION
+
+
+class QoEScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    vmaf_score: float | None = None
+    psnr_score: float | None = None
+    ssim_score: float | None = None
+    #: dropped_frames / total_frames (0..1).
+    drop_rate: float | None = None
+    #: VMAF per watt of mean power (CPU package [+ GPU]).
+    quality_per_watt: float | None = None
+    #: Quality-weighted pixels per joule: pixels x VMAF/100 / energy J.
+    qoe_efficiency_score: float | None = None
+    #: ``file`` (scores in the results file) or ``ffmpeg`` (computed from the named videos).
+    source: str | None = None
+    #: Seconds spent computing this scenario's quality figures (including any ffmpeg run).
+    computation_seconds: float = 0.0
+    #: Scores refused, by metric, with the reason (never exported).
+    rejected: dict[str, str] = {}
+
+
+class QoEResult(msgspec.Struct, kw_only=True):
+    run_id: str
+    digest: str
+    generation: int
+    scenarios: list[QoEScenario]
+    computed_at: float
+    compute_seconds: float
+    kind: str = "qoe"
+    schema_version: int = SCHEMA_VERSION
+
+
 class PredictRequest(msgspec.Struct, kw_only=True):
     """Request on ``te.predict.power`` (nats.micro service ``transcode-energy-modeling``)."""
 
@@ -320,6 +393,8 @@ PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "IngestRecord": IngestRecord,
     "ResultsFile": ResultsFile,
     "ModelingResult": ModelingResult,
+    "CostResult": CostResult,
+    "QoEResult": QoEResult,
     "PredictRequest": PredictRequest,
     "PredictResponse": PredictResponse,
 }

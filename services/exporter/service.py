@@ -1,0 +1,331 @@
+"""The gateway: subscribes to every result subject, keeps the latest run's state, serves Prometheus metrics.
+
+Listeners (each also serves ``/health`` and ``/ready``):
+
+* ``--metrics-port`` (9520): every family plus the gateway's own health metrics;
+* ``--results-port`` (9502): ``results_*`` and ``results_exporter_up``;
+* ``--qoe-port`` (9503): ``qoe_*``;
+* ``--cost-port`` (9504): ``cost_*``, ``co2_*`` and ``cost_exporter_alive``.
+
+State is rebuilt at start-up by replaying the streams (ordered consumers from the first message); ``/ready``
+turns true once every stream is caught up and the latest run's scenarios are loaded. Metric families are
+built once per change (a custom Collector serves the current snapshot) and each rendered exposition is
+cached until the next change, so a scrape never recomputes anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from services.exporter.exposition import render_text
+from services.exporter.families import Family
+from services.exporter.state import GatewayState, Snapshot, build_snapshot, health_families
+from shared import bus, subjects
+from shared.config import flag, port
+from shared.httpserver import StatusServer
+from shared.schemas import CostResult, ErrorEvent, ModelingResult, QoEResult, RunManifest, ScenarioMessage
+
+log = logging.getLogger("exporter")
+SERVICE = "exporter"
+
+LISTENERS: dict[str, tuple[str, ...]] = {
+    "metrics": ("results_up", "results", "qoe", "cost_alive", "cost", "health"),
+    "results": ("results_up", "results"),
+    "qoe": ("qoe",),
+    "cost": ("cost_alive", "cost"),
+}
+_RESULT_TYPES: dict[str, type[ModelingResult] | type[CostResult] | type[QoEResult]] = {
+    "modeling": ModelingResult,
+    "cost": CostResult,
+    "qoe": QoEResult,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    flag(
+        parser,
+        "--metrics-port",
+        env="METRICS_PORT",
+        default=9520,
+        type=port,
+        help="port serving every metric family and the gateway's health metrics",
+    )
+    flag(
+        parser,
+        "--results-port",
+        env="RESULTS_EXPORTER_PORT",
+        default=9502,
+        type=port,
+        help="legacy results-exporter listener (0: off)",
+    )
+    flag(
+        parser,
+        "--qoe-port",
+        env="QOE_EXPORTER_PORT",
+        default=9503,
+        type=port,
+        help="legacy QoE-exporter listener (0: off)",
+    )
+    flag(
+        parser,
+        "--cost-port",
+        env="COST_EXPORTER_PORT",
+        default=9504,
+        type=port,
+        help="legacy cost-exporter listener (0: off)",
+    )
+    flag(parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address the listeners bind to")
+    flag(
+        parser,
+        "--lag-interval",
+        env="GATEWAY_LAG_INTERVAL",
+        default=5.0,
+        type=float,
+        help="seconds between consumer-lag polls",
+    )
+
+
+def to_metric(family: Family) -> Metric:
+    if family.kind == "counter":
+        counter = CounterMetricFamily(family.name, family.help, labels=family.labelnames)
+        for labels, value in family.samples:
+            counter.add_metric(labels, value)
+        return counter
+    gauge = GaugeMetricFamily(family.name, family.help, labels=family.labelnames)
+    for labels, value in family.samples:
+        gauge.add_metric(labels, value)
+    return gauge
+
+
+class SnapshotCollector(Collector):
+    """Yields fresh metric families from the current snapshot (prometheus-client's custom Collector pattern)."""
+
+    def __init__(self, current: Callable[[], Snapshot], groups: tuple[str, ...]) -> None:
+        self.current = current
+        self.groups = groups
+
+    def collect(self) -> list[Metric]:
+        return [to_metric(f) for f in self.current().families(*self.groups)]
+
+
+class CachedExposition:
+    """Renders a listener once per snapshot version and content type. The text format is written by
+    services/exporter/exposition.py (labels in contract order); OpenMetrics by prometheus-client."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        snapshot: Callable[[], Snapshot],
+        version: Callable[[], int],
+        groups: tuple[str, ...],
+    ) -> None:
+        self.registry = registry
+        self.snapshot = snapshot
+        self.version = version
+        self.groups = groups
+        self._cache: dict[str, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        version = self.version()
+        with self._lock:
+            cached = self._cache.get(content_type)
+            if cached is not None and cached[0] == version:
+                return cached[1], content_type
+        if content_type.startswith("text/plain"):
+            body = render_text(self.snapshot().families(*self.groups))
+        else:
+            body = encoder(self.registry)
+        with self._lock:
+            self._cache[content_type] = (version, body)
+        return body, content_type
+
+
+class Gateway:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.state = GatewayState()
+        self.lag: dict[str, tuple[int, int]] = {}
+        self._caught_up: dict[str, bool] = {}
+        self._dirty = asyncio.Event()
+        self._snapshot = build_snapshot(self.state, [])
+        self._snapshot_version = 0
+        self._subs: list[object] = []
+
+    # -- readiness ---------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.nc.is_connected
+            and bool(self._caught_up)
+            and all(self._caught_up.values())
+            and self.state.needs_scenarios() is None
+        )
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def snapshot_version(self) -> int:
+        return self._snapshot_version
+
+    def rebuild(self) -> None:
+        health = health_families(self.state, ready=self.ready, lag=self.lag)
+        self._snapshot = build_snapshot(self.state, health)
+        self._snapshot_version += 1
+
+    # -- subscriptions -------------------------------------------------------------------------------------
+
+    def _mark(self, name: str, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            if msg.metadata.num_pending == 0:
+                self._caught_up[name] = True
+        self._dirty.set()
+
+    async def _on_manifest(self, msg: Msg) -> None:
+        try:
+            self.state.add_manifest(msgspec.json.decode(msg.data, type=RunManifest))
+        except msgspec.DecodeError as exc:
+            log.warning("ignoring undecodable manifest on %s: %s", msg.subject, exc)
+        self._mark("manifests", msg)
+
+    async def _on_result(self, msg: Msg) -> None:
+        kind = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
+        result_type = _RESULT_TYPES.get(kind)
+        if result_type is not None:
+            try:
+                self.state.add_result(msgspec.json.decode(msg.data, type=result_type))
+            except msgspec.DecodeError as exc:
+                log.warning("ignoring undecodable %s result on %s: %s", kind, msg.subject, exc)
+        self._mark("results", msg)
+
+    async def _on_event(self, msg: Msg) -> None:
+        if msg.subject.startswith(subjects.EVENTS_ERROR):
+            with contextlib.suppress(msgspec.DecodeError):
+                self.state.add_error(msgspec.json.decode(msg.data, type=ErrorEvent))
+        self._mark("events", msg)
+
+    async def _replay(self, name: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
+        sub = await self.js.subscribe(
+            subject,
+            cb=handler,
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+        )
+        self._subs.append(sub)
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+            self._caught_up[name] = True
+        else:
+            self._caught_up.setdefault(name, False)
+
+    async def _load_scenarios(self, manifest: RunManifest) -> None:
+        messages = []
+        for index in range(manifest.scenario_count):
+            raw = await self.js.get_last_msg(
+                subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
+            )
+            messages.append(msgspec.json.decode(raw.data or b"", type=ScenarioMessage))
+        self.state.set_scenarios(manifest.run_id, manifest.generation, messages)
+
+    async def _poll_lag(self) -> None:
+        for consumer in (subjects.CONSUMER_MODELING, subjects.CONSUMER_COST, subjects.CONSUMER_QOE):
+            try:
+                info = await self.js.consumer_info(subjects.INGEST_STREAM, consumer)
+            except NotFoundError:
+                continue
+            self.lag[consumer] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
+
+    async def run(self, stop: asyncio.Event, lag_interval: float = 5.0) -> None:
+        await bus.ensure_topology(self.js)
+        for name in ("manifests", "results", "events"):
+            self._caught_up[name] = False
+        await self._replay("manifests", f"{subjects.INGEST_RUN}.>", self._on_manifest)
+        await self._replay("results", f"{subjects.RESULTS}.>", self._on_result)
+        await self._replay("events", f"{subjects.PREFIX}.events.>", self._on_event)
+        self._dirty.set()
+        loop = asyncio.get_running_loop()
+        next_lag = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=0.5)
+            self._dirty.clear()
+            try:
+                pending = self.state.needs_scenarios()
+                if pending is not None:
+                    await self._load_scenarios(pending)
+                if loop.time() >= next_lag:
+                    await self._poll_lag()
+                    next_lag = loop.time() + lag_interval
+            except (NotFoundError, TimeoutError, OSError) as exc:
+                log.warning("gateway refresh failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+            except Exception as exc:  # a NATS hiccup must not take the metrics down
+                log.warning("gateway refresh failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+            self.rebuild()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+
+
+def start_listeners(gateway: Gateway, args: argparse.Namespace) -> dict[str, StatusServer]:
+    ports = {
+        "metrics": args.metrics_port,
+        "results": args.results_port,
+        "qoe": args.qoe_port,
+        "cost": args.cost_port,
+    }
+    servers = {}
+    for name, groups in LISTENERS.items():
+        # The main listener always runs (0 picks a free port); a legacy one with port 0 is off.
+        if name != "metrics" and not ports[name]:
+            continue
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(gateway.snapshot, groups))
+        exposition = CachedExposition(registry, gateway.snapshot, gateway.snapshot_version, groups)
+        server = StatusServer(
+            registry,
+            host=args.bind,
+            port=ports[name],
+            ready=lambda: gateway.ready,
+            name=name,
+            render=exposition.render,
+        )
+        servers[name] = server.start()
+        log.info("%s listener on http://%s:%d/metrics", name, args.bind, server.port)
+    return servers
+
+
+async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    nc = await bus.connect(bus.nats_config_from_args(args), name=SERVICE)
+    gateway = Gateway(nc)
+    servers = start_listeners(gateway, args)
+    try:
+        await gateway.run(stop, lag_interval=args.lag_interval)
+    finally:
+        for server in servers.values():
+            server.stop()
+        await bus.drain(nc)
+    log.info("exporter stopped")
+    return 0

@@ -1,0 +1,195 @@
+"""What the gateway knows: the newest generation of every run's manifest and results, the latest run's
+scenarios, and counts of error events. Updated from NATS, read by the snapshot builder. No I/O."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from services.exporter.families import (
+    Family,
+    RunView,
+    cost_families,
+    non_empty,
+    qoe_families,
+    results_families,
+    up_family,
+)
+from shared.schemas import CostResult, ErrorEvent, ModelingResult, QoEResult, RunManifest, ScenarioMessage
+
+Result = ModelingResult | CostResult | QoEResult
+
+
+@dataclass
+class GatewayState:
+    manifests: dict[str, RunManifest] = field(default_factory=dict)
+    #: run_id -> (generation, scenario messages) for runs whose scenarios have been loaded.
+    scenarios: dict[str, tuple[int, list[ScenarioMessage]]] = field(default_factory=dict)
+    results: dict[tuple[str, str], Result] = field(default_factory=dict)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)
+    version: int = 0
+
+    def add_manifest(self, manifest: RunManifest) -> bool:
+        current = self.manifests.get(manifest.run_id)
+        if current is not None and current.generation > manifest.generation:
+            return False
+        self.manifests[manifest.run_id] = manifest
+        self.version += 1
+        return True
+
+    def add_result(self, result: Result) -> bool:
+        key = (result.kind, result.run_id)
+        self.received[result.kind] += 1
+        current = self.results.get(key)
+        if current is not None and current.generation > result.generation:
+            return False
+        self.results[key] = result
+        self.version += 1
+        return True
+
+    def add_error(self, event: ErrorEvent) -> None:
+        self.errors[(event.service, event.reason)] += 1
+        self.version += 1
+
+    def set_scenarios(self, run_id: str, generation: int, scenarios: list[ScenarioMessage]) -> None:
+        self.scenarios = {run_id: (generation, scenarios)}  # only the latest run's are kept
+        self.version += 1
+
+    @property
+    def latest_run_id(self) -> str | None:
+        """The lexicographically greatest run id, as the old exporters chose the latest file."""
+        return max(self.manifests) if self.manifests else None
+
+    def latest_manifest(self) -> RunManifest | None:
+        run_id = self.latest_run_id
+        return self.manifests[run_id] if run_id else None
+
+    def needs_scenarios(self) -> RunManifest | None:
+        manifest = self.latest_manifest()
+        if manifest is None:
+            return None
+        loaded = self.scenarios.get(manifest.run_id)
+        return None if loaded is not None and loaded[0] == manifest.generation else manifest
+
+    def view(self) -> RunView | None:
+        manifest = self.latest_manifest()
+        if manifest is None or manifest.run_id not in self.scenarios:
+            return None
+        _, scenarios = self.scenarios[manifest.run_id]
+
+        def get(kind: str) -> Result | None:
+            return self.results.get((kind, manifest.run_id))
+
+        modeling, cost, qoe = get("modeling"), get("cost"), get("qoe")
+        return RunView(
+            manifest=manifest,
+            scenarios=scenarios,
+            modeling=modeling if isinstance(modeling, ModelingResult) else None,
+            cost=cost if isinstance(cost, CostResult) else None,
+            qoe=qoe if isinstance(qoe, QoEResult) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Families by listener group, built once per state change; scrapes only serialise it."""
+
+    version: int
+    groups: dict[str, list[Family]]
+
+    def families(self, *groups: str) -> list[Family]:
+        return [f for g in groups for f in self.groups.get(g, [])]
+
+
+def build_snapshot(state: GatewayState, health: list[Family]) -> Snapshot:
+    view = state.view()
+    groups: dict[str, list[Family]] = {
+        "results_up": [up_family("results_exporter_up", "Results exporter is running")],
+        "cost_alive": [up_family("cost_exporter_alive", "Cost exporter is alive")],
+        "results": [],
+        "cost": [],
+        "qoe": [],
+        "health": health,
+    }
+    if view is not None:
+        groups["results"] = non_empty(results_families(view))
+        groups["cost"] = non_empty(cost_families(view))
+        groups["qoe"] = non_empty(qoe_families(view))
+    return Snapshot(version=state.version, groups=groups)
+
+
+def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[int, int]]) -> list[Family]:
+    """The gateway's own metrics: readiness, what it has seen, errors reported by services, consumer lag."""
+    out = []
+    up = Family("transcode_gateway_ready", "1 when connected to NATS and caught up with every stream")
+    up.add((), 1.0 if ready else 0.0)
+    out.append(up)
+    runs = Family("transcode_gateway_runs", "Runs known to the gateway (count)")
+    runs.add((), len(state.manifests))
+    out.append(runs)
+    manifest = state.latest_manifest()
+    if manifest is not None:
+        info = Family(
+            "transcode_gateway_latest_run_info",
+            "The run whose scenarios are exported",
+            ("run_id", "generation"),
+        )
+        info.add((manifest.run_id, str(manifest.generation)), 1.0)
+        out.append(info)
+        latency = Family(
+            "transcode_pipeline_latency_seconds",
+            "Latest run: seconds from ingest to each worker's result",
+            ("kind",),
+        )
+        for kind in ("modeling", "cost", "qoe"):
+            result = state.results.get((kind, manifest.run_id))
+            if result is not None:
+                latency.add((kind,), max(0.0, result.computed_at - manifest.ingested_at))
+        out.append(latency)
+        age = Family("transcode_latest_run_age_seconds", "Seconds since the latest run was ingested")
+        age.add((), max(0.0, time.time() - manifest.ingested_at))
+        out.append(age)
+    received = Family(
+        "transcode_gateway_results_received", "Result messages received, by kind", ("kind",), kind="counter"
+    )
+    for kind in ("modeling", "cost", "qoe"):
+        received.add((kind,), state.received.get(kind, 0))
+    out.append(received)
+    rejected = Family(
+        "transcode_ingest_rejected_files",
+        "Results files rejected by ingest, by reason",
+        ("reason",),
+        kind="counter",
+    )
+    enrichment = Family(
+        "transcode_enrichment_failures", "Runs published with telemetry missing", kind="counter"
+    )
+    enrichment.add((), 0.0)
+    errors = Family(
+        "transcode_service_errors",
+        "Error events by service and reason",
+        ("service", "reason"),
+        kind="counter",
+    )
+    for (service, reason), count in sorted(state.errors.items()):
+        errors.add((service, reason), count)
+        if service == "ingest" and reason == "enrichment_failed":
+            enrichment.samples = [((), float(count))]
+        elif service == "ingest":
+            rejected.add((reason,), count)
+    out += [rejected, enrichment, errors]
+    pending = Family(
+        "transcode_consumer_pending_messages", "Runs waiting for a worker type (count)", ("consumer",)
+    )
+    acks = Family(
+        "transcode_consumer_ack_pending_messages",
+        "Runs being processed, not yet acked (count)",
+        ("consumer",),
+    )
+    for consumer, (num_pending, num_ack_pending) in sorted(lag.items()):
+        pending.add((consumer,), num_pending)
+        acks.add((consumer,), num_ack_pending)
+    out += [pending, acks]
+    return non_empty(out)
