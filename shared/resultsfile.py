@@ -55,8 +55,14 @@ class ParsedRun:
 
     @property
     def digest(self) -> str:
-        """The subject token of this content: first 16 hex digits of its SHA-256."""
-        return self.sha256[:_DIGEST_HEX]
+        """The subject token of this run's content: the first 16 hex digits of
+        ``sha256(run_id + "\\n" + sha256-of-the-bytes)``. Two files with the same bytes under different names
+        are different runs, so the run id is part of it."""
+        return run_digest(self.run_id, self.sha256)
+
+
+def run_digest(run_id: str, file_sha256: str) -> str:
+    return hashlib.sha256(f"{run_id}\n{file_sha256}".encode()).hexdigest()[:_DIGEST_HEX]
 
 
 def is_results_file_name(name: str) -> bool:

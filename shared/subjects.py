@@ -1,8 +1,9 @@
 """NATS subjects, JetStream streams, consumers and KV buckets: the wire contract of the system.
 
 Everything another tool needs in order to subscribe is here and in the README table. Subject tokens that vary
-(``<digest>``) are the first 16 hex digits of the SHA-256 of the results file's bytes, so they never contain
-characters that are special to NATS (``.``, ``*``, ``>``, spaces), whatever the file is called.
+(``<digest>``) are the first 16 hex digits of ``sha256(run_id + "\\n" + sha256(file bytes))``
+(shared.resultsfile.run_digest), so they identify one content of one run and never contain characters that
+are special to NATS (``.``, ``*``, ``>``, spaces), whatever the file is called.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,7 +53,8 @@ class TestDecodeResults:
         assert run.file_name == "test_results_20251228_203216.json"
         # sha256 of the bytes above, computed with `sha256sum`.
         assert run.sha256 == "e645834c409051aa56001b1c1ecb233fc063f4c214a9aadb370991bb1ea719d4"
-        assert run.digest == run.sha256[:16]
+        expected = hashlib.sha256(f"test_results_20251228_203216\n{run.sha256}".encode()).hexdigest()[:16]
+        assert run.digest == expected
         assert run.extras == [{"custom": {"k": 1}}]
 
     def test_go_writer_shapes_are_accepted(self) -> None:

@@ -59,10 +59,11 @@ async def test_dropped_example_yields_exactly_its_scenarios(
     raw = source.read_bytes()
     expected = json.loads(raw)
     sha = hashlib.sha256(raw).hexdigest()
+    digest = hashlib.sha256(f"{source.stem}\n{sha}".encode()).hexdigest()[:16]
     [manifest] = await manifests(nc)
     assert manifest.run_id == source.stem
     assert manifest.file_sha256 == sha
-    assert manifest.digest == sha[:16]
+    assert manifest.digest == digest
     assert manifest.scenario_count == len(expected["scenarios"])
     assert manifest.generation == 1
     assert manifest.test_date == expected["test_date"]
@@ -72,7 +73,7 @@ async def test_dropped_example_yields_exactly_its_scenarios(
     assert [m.index for m in messages] == list(range(len(expected["scenarios"])))
     for message, scenario in zip(messages, expected["scenarios"], strict=True):
         assert message.run_id == source.stem
-        assert message.digest == sha[:16]
+        assert message.digest == digest
         assert msgspec.to_builtins(message.scenario) == without_nulls(scenario)
         assert message.extra == {}
         assert message.schema_version == 1

@@ -273,7 +273,10 @@ def results_families(view: RunView) -> list[Family]:
             extra["total_frames"].add(labels, s.total_frames)
             if s.dropped_frames is not None and s.dropped_frames >= 0:
                 extra["dropped_frames"].add(labels, s.dropped_frames)
-    total = Family("results_scenarios_total", "Scenarios in the latest run (count)")
+    # The dashboards' name ends in _total, which Prometheus reserves for counters (promtool rejects a gauge
+    # so named); it is typed counter. It counts the latest run's scenarios, so it drops when a smaller run
+    # becomes the latest: read it as a value, not with rate().
+    total = Family("results_scenarios_total", "Scenarios in the latest run (count)", kind="counter")
     total.add((), len(view.scenarios))
     return [total, *families, *extra.values()]
 

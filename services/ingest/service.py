@@ -44,6 +44,7 @@ from shared.resultsfile import (
     TruncatedFileError,
     decode_results,
     is_results_file_name,
+    run_digest,
 )
 from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, RunManifest, ScenarioMessage, Telemetry
 
@@ -583,7 +584,7 @@ async def load_published_run(js: JetStreamContext, publisher: RunPublisher, run_
     except KeyNotFoundError:
         return None
     record = msgspec.json.decode(entry.value or b"", type=IngestRecord)
-    digest = record.file_sha256[:16]
+    digest = run_digest(record.run_id, record.file_sha256)
     raw = await js.get_last_msg(subjects.INGEST_STREAM, subjects.run_subject(digest))
     manifest = msgspec.json.decode(raw.data or b"", type=RunManifest)
     messages = []
