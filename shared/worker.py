@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -25,8 +26,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shared import bus, subjects
+from shared.config import flag, port
+from shared.httpserver import StatusServer
 from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest, ScenarioMessage
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,19 @@ async def load_run(js: JetStreamContext, manifest: RunManifest) -> RunInput:
         )
         scenarios.append(_SCENARIO.decode(raw.data or b""))
     return RunInput(manifest, scenarios)
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every worker has: its own status listener."""
+    flag(
+        parser,
+        "--status-port",
+        env="STATUS_PORT",
+        default=0,
+        type=port,
+        help="serve this worker's /metrics, /health and /ready on this port (0: off)",
+    )
+    flag(parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address for --status-port")
 
 
 class RunWorker:
@@ -155,6 +174,41 @@ class RunWorker:
             await self._report("compute_failed", f"{type(exc).__name__}: {exc}", manifest)
             with contextlib.suppress(*_TRANSIENT):
                 await msg.nak(delay=5)
+
+    def status_server(self, host: str, port_number: int) -> StatusServer:
+        """/health, /ready (consuming and connected) and this worker's counters."""
+        registry = CollectorRegistry(auto_describe=False)
+        worker = self
+
+        class _Counts(Collector):
+            def collect(self) -> list[Metric]:
+                done = CounterMetricFamily(
+                    "transcode_worker_runs_processed", "Runs computed and published", labels=["kind"]
+                )
+                done.add_metric([worker.kind], worker.processed)
+                failed = CounterMetricFamily(
+                    "transcode_worker_runs_failed", "Runs whose computation failed", labels=["kind"]
+                )
+                failed.add_metric([worker.kind], worker.failed)
+                return [done, failed]
+
+        registry.register(_Counts())
+        return StatusServer(
+            registry,
+            host=host,
+            port=port_number,
+            name=self.kind,
+            ready=lambda: self.ready.is_set() and self.nc.is_connected,
+        )
+
+    async def serve(self, stop: asyncio.Event, host: str, port_number: int) -> None:
+        """Run the worker, with its status listener when ``port_number`` is not 0."""
+        server = self.status_server(host, port_number).start() if port_number else None
+        try:
+            await self.run(stop)
+        finally:
+            if server is not None:
+                server.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         await bus.ensure_topology(self.js, replicas=self.replicas)

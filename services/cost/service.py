@@ -29,13 +29,14 @@ from shared.pricing import (
 )
 from shared.schemas import CostResult, CostScenario, Scenario
 from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, RunWorker
+from shared.worker import RunInput, RunWorker, add_worker_arguments
 
 log = logging.getLogger("cost")
 SERVICE = "cost"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_worker_arguments(parser)
     flag(parser, "--region", env="REGION", default="default", help="pricing/CO2 region (e.g. us-east-1)")
     flag(
         parser,
@@ -210,7 +211,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
         worker = RunWorker(
             nc, kind="cost", durable=subjects.CONSUMER_COST, compute=compute, replicas=args.js_replicas
         )
-        await worker.run(stop)
+        await worker.serve(stop, args.bind, args.status_port)
     finally:
         await bus.drain(nc)
     log.info("cost stopped")

@@ -20,6 +20,20 @@ from shared.schemas import CostResult, ErrorEvent, ModelingResult, QoEResult, Ru
 
 Result = ModelingResult | CostResult | QoEResult
 
+SERVICE_INGEST = "ingest"
+#: ErrorEvent reasons of the ingest service that reject a file (enrichment_failed does not).
+INGEST_REJECTION_REASONS = (
+    "invalid_json",
+    "schema",
+    "too_large",
+    "truncated",
+    "outside_directory",
+    "unreadable",
+    "scenario_too_large",
+)
+WORKER_KINDS = ("modeling", "cost", "qoe")
+WORKER_ERROR_REASONS = ("compute_failed", "bad_message", "schema_version")
+
 
 @dataclass
 class GatewayState:
@@ -173,11 +187,15 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
         ("service", "reason"),
         kind="counter",
     )
-    for (service, reason), count in sorted(state.errors.items()):
+    # Known reasons start at 0, so the first rejection is an increase() that alerts can see.
+    counts = Counter({(SERVICE_INGEST, reason): 0 for reason in INGEST_REJECTION_REASONS})
+    counts.update({(service, reason): 0 for service in WORKER_KINDS for reason in WORKER_ERROR_REASONS})
+    counts.update(state.errors)
+    for (service, reason), count in sorted(counts.items()):
         errors.add((service, reason), count)
-        if service == "ingest" and reason == "enrichment_failed":
+        if service == SERVICE_INGEST and reason == "enrichment_failed":
             enrichment.samples = [((), float(count))]
-        elif service == "ingest":
+        elif service == SERVICE_INGEST:
             rejected.add((reason,), count)
     out += [rejected, enrichment, errors]
     pending = Family(

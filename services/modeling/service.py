@@ -36,7 +36,7 @@ from shared.power_model import (
 from shared.scenario_stats import run_stats
 from shared.schemas import ModelingResult, ModelingScenario, PredictRequest, PredictResponse
 from shared.telemetry import resolve
-from shared.worker import RunInput, RunWorker
+from shared.worker import RunInput, RunWorker, add_worker_arguments
 
 log = logging.getLogger("modeling")
 SERVICE = "modeling"
@@ -49,6 +49,7 @@ class History(msgspec.Struct, kw_only=True):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_worker_arguments(parser)
     flag(
         parser,
         "--selection",
@@ -266,7 +267,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
         _, worker, service = await start_modeling(nc, args)
         try:
-            await worker.run(stop)
+            await worker.serve(stop, args.bind, args.status_port)
         finally:
             await service.stop()
     finally:

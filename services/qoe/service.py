@@ -26,7 +26,7 @@ from shared.parsing import measured_duration_s, total_pixels
 from shared.schemas import QoEResult, QoEScenario, Scenario
 from shared.scoring import ScoreError, validate_psnr, validate_ssim, validate_vmaf
 from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, RunWorker
+from shared.worker import RunInput, RunWorker, add_worker_arguments
 
 log = logging.getLogger("qoe")
 SERVICE = "qoe"
@@ -36,6 +36,7 @@ _VMAF_RE = re.compile(r"VMAF score[:=]\s*(?P<score>[0-9.]+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_worker_arguments(parser)
     flag(
         parser,
         "--media-root",
@@ -226,7 +227,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
         worker = RunWorker(
             nc, kind="qoe", durable=subjects.CONSUMER_QOE, compute=compute, replicas=args.js_replicas
         )
-        await worker.run(stop)
+        await worker.serve(stop, args.bind, args.status_port)
     finally:
         await bus.drain(nc)
     log.info("qoe stopped")

@@ -1,0 +1,312 @@
+"""Write the Grafana dashboards in deploy/grafana/dashboards/ (``python scripts/make_dashboards.py``).
+
+The JSON files are generated so that every panel has a datasource, a unit and a query; tests check that the
+committed files are current and evaluate every query against a real Prometheus scraping the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "DS_VICTORIAMETRICS"}
+
+# (title, panel type, unit, [(expr, legend)], width)
+Panel = tuple[str, str, str, list[tuple[str, str]], int]
+
+DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
+    "cost-co2": (
+        "transcode-energy: cost and CO2",
+        [
+            (
+                "Total cost by scenario (load-aware)",
+                "timeseries",
+                "currencyUSD",
+                [("cost_total_load_aware", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Energy vs compute cost",
+                "timeseries",
+                "currencyUSD",
+                [
+                    ("cost_energy_load_aware", "energy {{scenario}}"),
+                    ("cost_compute_load_aware", "compute {{scenario}}"),
+                ],
+                12,
+            ),
+            (
+                "Cost per pixel delivered",
+                "timeseries",
+                "currencyUSD",
+                [("cost_per_pixel", "{{scenario}}")],
+                8,
+            ),
+            (
+                "Cost per viewer watch hour",
+                "timeseries",
+                "currencyUSD",
+                [("cost_per_watch_hour", "{{scenario}}")],
+                8,
+            ),
+            (
+                "Energy cost per hour at mean power",
+                "timeseries",
+                "currencyUSD",
+                [("cost_usd_per_hour", "{{scenario}}")],
+                8,
+            ),
+            (
+                "Monthly projection (720 h)",
+                "bargauge",
+                "currencyUSD",
+                [("cost_monthly_projection", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Monthly savings vs idle baseline (negative = costs more)",
+                "bargauge",
+                "currencyUSD",
+                [("cost_monthly_savings", "{{scenario}}")],
+                12,
+            ),
+            ("CO2 per hour", "timeseries", "masskg", [("co2_emissions_kg_per_hour", "{{scenario}}")], 8),
+            ("CO2 per month (720 h)", "bargauge", "masskg", [("co2_monthly_projection", "{{scenario}}")], 8),
+            (
+                "CO2 avoided vs idle baseline per month",
+                "bargauge",
+                "masskg",
+                [("co2_monthly_avoided", "{{scenario}}")],
+                8,
+            ),
+        ],
+    ),
+    "qoe": (
+        "transcode-energy: quality of experience",
+        [
+            ("VMAF", "timeseries", "none", [("qoe_vmaf_score", "{{scenario}}")], 12),
+            ("PSNR", "timeseries", "dB", [("qoe_psnr_score", "{{scenario}}")], 12),
+            (
+                "Quality per watt (VMAF/W)",
+                "timeseries",
+                "none",
+                [("qoe_quality_per_watt", "{{scenario}}")],
+                12,
+            ),
+            (
+                "QoE efficiency (quality-weighted pixels/J)",
+                "timeseries",
+                "short",
+                [("qoe_efficiency_score", "{{scenario}}")],
+                12,
+            ),
+            ("SSIM", "timeseries", "percentunit", [("qoe_ssim_score", "{{scenario}}")], 8),
+            ("Frame drop rate", "timeseries", "percentunit", [("qoe_drop_rate", "{{scenario}}")], 8),
+            (
+                "Time spent computing QoE",
+                "timeseries",
+                "s",
+                [("qoe_computation_duration_seconds", "{{scenario}}")],
+                8,
+            ),
+        ],
+    ),
+    "results-overview": (
+        "transcode-energy: results overview",
+        [
+            ("Scenarios in the latest run", "stat", "none", [("results_scenarios_total", "scenarios")], 6),
+            (
+                "Mean power by scenario",
+                "bargauge",
+                "watt",
+                [("results_scenario_mean_power_watts", "{{scenario}}")],
+                18,
+            ),
+            (
+                "Energy by scenario",
+                "bargauge",
+                "joule",
+                [("results_scenario_total_energy_joules", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Power above idle baseline",
+                "bargauge",
+                "watt",
+                [("results_scenario_delta_power_watts", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Efficiency by output ladder (best scenario, pixels/J)",
+                "bargauge",
+                "short",
+                [("max by (output_ladder) (results_scenario_efficiency_score)", "{{output_ladder}}")],
+                12,
+            ),
+            (
+                "Energy per frame",
+                "bargauge",
+                "short",
+                [("results_scenario_energy_mj_per_frame", "{{scenario}} (mJ)")],
+                12,
+            ),
+            (
+                "Predicted power with 95 % prediction interval",
+                "timeseries",
+                "watt",
+                [
+                    ("results_scenario_predicted_power_watts", "predicted {{scenario}}"),
+                    ("results_scenario_prediction_interval_low_watts", "low {{scenario}}"),
+                    ("results_scenario_prediction_interval_high_watts", "high {{scenario}}"),
+                    ("results_scenario_mean_power_watts", "measured {{scenario}}"),
+                ],
+                24,
+            ),
+            (
+                "Measured power spread (mean +- 2 sigma)",
+                "timeseries",
+                "watt",
+                [
+                    ("results_scenario_prediction_confidence_low", "low {{scenario}}"),
+                    ("results_scenario_prediction_confidence_high", "high {{scenario}}"),
+                ],
+                12,
+            ),
+            (
+                "Container CPU",
+                "timeseries",
+                "percent",
+                [("results_scenario_container_cpu_percent", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Scenario duration",
+                "timeseries",
+                "s",
+                [("results_scenario_duration_seconds", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Average power by streams and encoder type",
+                "timeseries",
+                "watt",
+                [
+                    (
+                        "avg by (streams, encoder_type) (results_scenario_mean_power_watts)",
+                        "{{streams}} streams {{encoder_type}}",
+                    ),
+                ],
+                12,
+            ),
+        ],
+    ),
+    "pipeline-health": (
+        "transcode-energy: pipeline health",
+        [
+            ("Gateway ready", "stat", "bool", [("transcode_gateway_ready", "ready")], 6),
+            ("Runs known", "stat", "none", [("transcode_gateway_runs", "runs")], 6),
+            ("Latest run age", "stat", "s", [("transcode_latest_run_age_seconds", "age")], 6),
+            (
+                "Results received",
+                "stat",
+                "none",
+                [("sum(transcode_gateway_results_received_total)", "results")],
+                6,
+            ),
+            (
+                "Runs waiting per worker type (consumer lag)",
+                "timeseries",
+                "none",
+                [
+                    ("transcode_consumer_pending_messages", "waiting {{consumer}}"),
+                    ("transcode_consumer_ack_pending_messages", "in progress {{consumer}}"),
+                ],
+                12,
+            ),
+            (
+                "Processing latency, ingest to result",
+                "timeseries",
+                "s",
+                [("transcode_pipeline_latency_seconds", "{{kind}}")],
+                12,
+            ),
+            (
+                "Rejected files (last hour)",
+                "timeseries",
+                "none",
+                [("increase(transcode_ingest_rejected_files_total[1h])", "{{reason}}")],
+                8,
+            ),
+            (
+                "Enrichment failures (last hour)",
+                "timeseries",
+                "none",
+                [("increase(transcode_enrichment_failures_total[1h])", "runs")],
+                8,
+            ),
+            (
+                "Errors by service (last hour)",
+                "timeseries",
+                "none",
+                [("increase(transcode_service_errors_total[1h])", "{{service}} {{reason}}")],
+                8,
+            ),
+        ],
+    ),
+}
+
+
+def panel(index: int, spec: Panel, x: int, y: int) -> dict[str, Any]:
+    title, kind, unit, targets, width = spec
+    return {
+        "id": index + 1,
+        "title": title,
+        "type": kind,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "right"}} if kind == "timeseries" else {},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
+    laid_out = []
+    x = y = 0
+    for i, spec in enumerate(panels):
+        width = spec[4]
+        if x + width > 24:
+            x, y = 0, y + 8
+        laid_out.append(panel(i, spec, x, y))
+        x += width
+    return {
+        "uid": f"te-{uid}",
+        "title": title,
+        "tags": ["transcode-energy"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": []},
+        "panels": laid_out,
+    }
+
+
+def render() -> dict[str, str]:
+    return {
+        f"{uid}.json": json.dumps(dashboard(uid, title, panels), indent=2) + "\n"
+        for uid, (title, panels) in DASHBOARDS.items()
+    }
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        (OUT / name).write_text(text)
+        print(OUT / name)
