@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from shared.config import flag, non_negative_float, port
+from shared.config import flag, port
 
 log = logging.getLogger("up")
 
@@ -35,13 +35,12 @@ _MAX_RESTARTS_PER_MINUTE = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    flag(
-        parser,
-        "--results-dir",
-        env="RESULTS_DIR",
-        default="./test_results",
-        help="directory watched for test_results_*.json",
-    )
+    # The flags `up` hands on are declared once, by the service that uses them.
+    from services.cost.service import add_pricing_arguments
+    from services.exporter.service import add_listener_arguments
+    from services.ingest.service import add_source_arguments
+
+    add_source_arguments(parser)
     flag(
         parser,
         "--nats-url",
@@ -64,86 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=port,
         help="client port of the embedded NATS (0: a free port)",
     )
-    flag(
-        parser,
-        "--prometheus-url",
-        env="PROMETHEUS_URL",
-        default=None,
-        help="Prometheus/VictoriaMetrics base URL for telemetry enrichment",
-    )
-    flag(parser, "--region", env="REGION", default="default", help="pricing/CO2 region")
-    flag(
-        parser,
-        "--energy-cost",
-        env="ENERGY_COST_PER_KWH",
-        default=None,
-        type=non_negative_float,
-        help="electricity price per kWh; absent or 0 means the region's price",
-    )
-    flag(
-        parser,
-        "--cpu-cost",
-        env="CPU_COST_PER_HOUR",
-        default=0.0,
-        type=non_negative_float,
-        help="price of one CPU core for one hour",
-    )
-    flag(
-        parser,
-        "--gpu-cost",
-        env="GPU_COST_PER_HOUR",
-        default=0.0,
-        type=non_negative_float,
-        help="price of one GPU for one hour",
-    )
-    flag(parser, "--currency", env="CURRENCY", default="USD", help="currency label of every cost metric")
-    flag(
-        parser,
-        "--pricing-config",
-        env="PRICING_CONFIG",
-        default=None,
-        help="JSON file with electricity_prices and co2_intensity per region",
-    )
-    flag(
-        parser,
-        "--electricity-maps-token",
-        env="ELECTRICITY_MAPS_TOKEN",
-        default=None,
-        secret=True,
-        help="Electricity Maps API token for live carbon intensity (passed to children via the environment)",
-    )
-    flag(
-        parser,
-        "--metrics-port",
-        env="METRICS_PORT",
-        default=9520,
-        type=port,
-        help="gateway port serving every metric family",
-    )
-    flag(
-        parser,
-        "--results-port",
-        env="RESULTS_EXPORTER_PORT",
-        default=9502,
-        type=port,
-        help="legacy results-exporter listener (0: off)",
-    )
-    flag(
-        parser,
-        "--qoe-port",
-        env="QOE_EXPORTER_PORT",
-        default=9503,
-        type=port,
-        help="legacy QoE-exporter listener (0: off)",
-    )
-    flag(
-        parser,
-        "--cost-port",
-        env="COST_EXPORTER_PORT",
-        default=9504,
-        type=port,
-        help="legacy cost-exporter listener (0: off)",
-    )
+    add_pricing_arguments(parser)
+    add_listener_arguments(parser)
     flag(
         parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address every HTTP listener binds to"
     )
@@ -153,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env="INGEST_STATUS_PORT",
         default=0,
         type=port,
-        help="ingest's own /metrics, /health, /ready (0: off)",
+        help="ingest's own /metrics, /health and /ready (0: off)",
     )
 
 

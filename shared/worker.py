@@ -235,3 +235,17 @@ class RunWorker:
                 await self.handle(msg)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def run_worker_service(
+    args: argparse.Namespace, stop: asyncio.Event, *, kind: str, durable: str, compute: Compute
+) -> int:
+    """The whole life of a worker process: connect, consume until ``stop``, drain."""
+    nc = await bus.connect(bus.nats_config_from_args(args), name=kind)
+    try:
+        worker = RunWorker(nc, kind=kind, durable=durable, compute=compute, replicas=args.js_replicas)
+        await worker.serve(stop, args.bind, args.status_port)
+    finally:
+        await bus.drain(nc)
+    log.info("%s stopped", kind)
+    return 0

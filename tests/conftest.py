@@ -162,3 +162,27 @@ def victoria_metrics(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     vm.start()
     yield vm
     vm.stop()
+
+
+def start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Prometheus scraping ``target`` (host:port) every second, as the shipped scrape config does
+    (``honor_labels: true``). Returns the process and its base URL."""
+    prometheus = require_binary("prometheus")
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: transcode-energy\n    honor_labels: true\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    proc = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, f"http://127.0.0.1:{port}"

@@ -23,7 +23,7 @@ import yaml
 
 from services.cli import build_parser
 from services.up import free_port
-from tests.conftest import REPO, require_binary
+from tests.conftest import REPO, start_prometheus
 from tests.test_gateway_e2e import make_run
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -182,7 +182,6 @@ EXPECTED_EMPTY = {
 def scraped_system(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`up` (with an unreachable Prometheus for enrichment) scraped by a real Prometheus every second.
     Yields the Prometheus base URL and the results directory."""
-    prometheus = require_binary("prometheus")
     results = tmp_path / "results"
     results.mkdir()
     metrics_port = free_port()
@@ -212,25 +211,9 @@ def scraped_system(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n  - job_name: transcode-energy\n    honor_labels: true\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
-    )
-    prom = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    prom, prom_url = start_prometheus(tmp_path, f"127.0.0.1:{metrics_port}")
     try:
-        yield f"http://127.0.0.1:{prom_port}", results
+        yield prom_url, results
     finally:
         prom.terminate()
         system.send_signal(signal.SIGINT)

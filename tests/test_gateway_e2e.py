@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.up import free_port
-from tests.conftest import EXAMPLES, require_binary
+from tests.conftest import EXAMPLES, require_binary, start_prometheus
 
 pytestmark = pytest.mark.slow
 RUN = "test_results_20260101_000000"
@@ -404,24 +404,7 @@ def test_promtool_accepts_every_listener(system: System) -> None:
 
 
 def test_a_real_prometheus_scrapes_the_gateway(system: System, tmp_path: Path) -> None:
-    prometheus = require_binary("prometheus")
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: transcode-energy\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{system.ports['metrics']}']\n"
-    )
-    proc = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, prom_url = start_prometheus(tmp_path, f"127.0.0.1:{system.ports['metrics']}")
     try:
         doc = make_run()
         s = doc["scenarios"][4]  # 2 Streams @ 1000k
@@ -433,7 +416,7 @@ def test_a_real_prometheus_scrapes_the_gateway(system: System, tmp_path: Path) -
         )
 
         def query(expr: str) -> list[dict]:  # type: ignore[type-arg]
-            url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            url = f"{prom_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
             with urllib.request.urlopen(url, timeout=5) as response:
                 return json.load(response)["data"]["result"]  # type: ignore[no-any-return]
 

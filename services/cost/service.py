@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import bus, subjects
+from shared import subjects
 from shared.config import flag, non_negative_float, positive_float
 from shared.cost import CostModel, project
 from shared.integration import mean
@@ -29,14 +29,14 @@ from shared.pricing import (
 )
 from shared.schemas import CostResult, CostScenario, Scenario
 from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, RunWorker, add_worker_arguments
+from shared.worker import RunInput, add_worker_arguments, run_worker_service
 
 log = logging.getLogger("cost")
 SERVICE = "cost"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_worker_arguments(parser)
+def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The old cost exporter's pricing flags and defaults (also offered by ``transcode-energy up``)."""
     flag(parser, "--region", env="REGION", default="default", help="pricing/CO2 region (e.g. us-east-1)")
     flag(
         parser,
@@ -79,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         secret=True,
         help="Electricity Maps API token for live carbon intensity",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_worker_arguments(parser)
+    add_pricing_arguments(parser)
     flag(
         parser,
         "--electricity-maps-url",
@@ -201,18 +206,9 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
 
 async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     settings = settings_from_args(args)
-    nc = await bus.connect(bus.nats_config_from_args(args), name=SERVICE)
 
     async def compute(run: RunInput) -> CostResult:
         # The carbon-intensity lookup may block on the network (5 s timeout): keep it off the event loop.
         return await asyncio.to_thread(compute_costs, run, settings)
 
-    try:
-        worker = RunWorker(
-            nc, kind="cost", durable=subjects.CONSUMER_COST, compute=compute, replicas=args.js_replicas
-        )
-        await worker.serve(stop, args.bind, args.status_port)
-    finally:
-        await bus.drain(nc)
-    log.info("cost stopped")
-    return 0
+    return await run_worker_service(args, stop, kind=SERVICE, durable=subjects.CONSUMER_COST, compute=compute)

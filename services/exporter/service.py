@@ -57,7 +57,8 @@ _RESULT_TYPES: dict[str, type[ModelingResult] | type[CostResult] | type[QoEResul
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_listener_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gateway's listener ports (also offered by ``transcode-energy up``)."""
     flag(
         parser,
         "--metrics-port",
@@ -90,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=port,
         help="legacy cost-exporter listener (0: off)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_listener_arguments(parser)
     flag(parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address the listeners bind to")
     flag(
         parser,

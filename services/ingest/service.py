@@ -56,7 +56,8 @@ REJECTED_DIR = "rejected"
 _TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where runs and their telemetry come from (also offered by ``transcode-energy up``)."""
     flag(
         parser,
         "--results-dir",
@@ -64,6 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="./test_results",
         help="directory the benchmark runner drops test_results_*.json into",
     )
+    flag(
+        parser,
+        "--prometheus-url",
+        env="PROMETHEUS_URL",
+        default=None,
+        help="Prometheus/VictoriaMetrics base URL for telemetry enrichment",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
     flag(
         parser,
         "--max-file-bytes",
@@ -105,13 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve /metrics, /health and /ready on this port (0: off)",
     )
     flag(parser, "--bind", env="BIND_ADDRESS", default="127.0.0.1", help="address for --status-port")
-    flag(
-        parser,
-        "--prometheus-url",
-        env="PROMETHEUS_URL",
-        default=None,
-        help="Prometheus/VictoriaMetrics base URL for telemetry enrichment",
-    )
     flag(
         parser,
         "--telemetry-queries",

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import bus, subjects
+from shared import subjects
 from shared.config import flag, positive_float
 from shared.parsing import measured_duration_s, total_pixels
 from shared.schemas import QoEResult, QoEScenario, Scenario
 from shared.scoring import ScoreError, validate_psnr, validate_ssim, validate_vmaf
 from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, RunWorker, add_worker_arguments
+from shared.worker import RunInput, add_worker_arguments, run_worker_service
 
 log = logging.getLogger("qoe")
 SERVICE = "qoe"
@@ -218,17 +218,8 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
     settings = QoESettings(
         media_root=args.media_root, ffmpeg=shutil.which(args.ffmpeg), ffmpeg_timeout_s=args.ffmpeg_timeout
     )
-    nc = await bus.connect(bus.nats_config_from_args(args), name=SERVICE)
 
     async def compute(run: RunInput) -> QoEResult:
         return await asyncio.to_thread(compute_qoe, run, settings)
 
-    try:
-        worker = RunWorker(
-            nc, kind="qoe", durable=subjects.CONSUMER_QOE, compute=compute, replicas=args.js_replicas
-        )
-        await worker.serve(stop, args.bind, args.status_port)
-    finally:
-        await bus.drain(nc)
-    log.info("qoe stopped")
-    return 0
+    return await run_worker_service(args, stop, kind=SERVICE, durable=subjects.CONSUMER_QOE, compute=compute)
