@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -186,3 +187,20 @@ def start_prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[byte
         stderr=subprocess.DEVNULL,
     )
     return proc, f"http://127.0.0.1:{port}"
+
+
+def up_argv(results_dir: Path, data_dir: Path, **flags: object) -> list[str]:
+    """``transcode-energy up`` as a subprocess argv; ``metrics_port=1234`` becomes ``--metrics-port 1234``."""
+    argv = [
+        sys.executable,
+        "-m",
+        "services",
+        "up",
+        "--results-dir",
+        str(results_dir),
+        "--data-dir",
+        str(data_dir),
+    ]
+    for name, value in flags.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv

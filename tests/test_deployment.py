@@ -9,7 +9,6 @@ import re
 import runpy
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 import urllib.parse
@@ -23,7 +22,7 @@ import yaml
 
 from services.cli import build_parser
 from services.up import free_port
-from tests.conftest import REPO, start_prometheus
+from tests.conftest import REPO, start_prometheus, up_argv
 from tests.test_gateway_e2e import make_run
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -187,26 +186,15 @@ def scraped_system(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     metrics_port = free_port()
     env = {**os.environ, "ENRICH_RETRY_SECONDS": "0.5", "ENRICH_TIMEOUT_SECONDS": "0.5"}
     system = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services",
-            "up",
-            "--results-dir",
-            str(results),
-            "--data-dir",
-            str(tmp_path / "nats"),
-            "--metrics-port",
-            str(metrics_port),
-            "--results-port",
-            "0",
-            "--qoe-port",
-            "0",
-            "--cost-port",
-            "0",
-            "--prometheus-url",
-            f"http://127.0.0.1:{free_port()}",
-        ],
+        up_argv(
+            results,
+            tmp_path / "nats",
+            metrics_port=metrics_port,
+            results_port=0,
+            qoe_port=0,
+            cost_port=0,
+            prometheus_url=f"http://127.0.0.1:{free_port()}",
+        ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

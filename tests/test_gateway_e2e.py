@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.up import free_port
-from tests.conftest import EXAMPLES, require_binary, start_prometheus
+from tests.conftest import EXAMPLES, require_binary, start_prometheus, up_argv
 
 pytestmark = pytest.mark.slow
 RUN = "test_results_20260101_000000"
@@ -121,28 +121,16 @@ def system(tmp_path: Path) -> Iterator[System]:
     results.mkdir()
     nats_port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services",
-            "up",
-            "--results-dir",
-            str(results),
-            "--data-dir",
-            str(tmp_path / "nats"),
-            "--nats-port",
-            str(nats_port),
-            "--metrics-port",
-            str(ports["metrics"]),
-            "--results-port",
-            str(ports["results"]),
-            "--qoe-port",
-            str(ports["qoe"]),
-            "--cost-port",
-            str(ports["cost"]),
-            "--cpu-cost",
-            str(CPU_PRICE),
-        ],
+        up_argv(
+            results,
+            tmp_path / "nats",
+            nats_port=nats_port,
+            metrics_port=ports["metrics"],
+            results_port=ports["results"],
+            qoe_port=ports["qoe"],
+            cost_port=ports["cost"],
+            cpu_cost=CPU_PRICE,
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

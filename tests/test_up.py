@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from services.up import free_port
 from shared import subjects
 from shared.schemas import RunManifest
-from tests.conftest import DATA
+from tests.conftest import DATA, up_argv
 
 pytestmark = pytest.mark.slow
 
@@ -43,26 +42,15 @@ async def test_up_ingests_a_dropped_file_and_stops_cleanly_on_sigint(tmp_path: P
     data_dir = tmp_path / "nats-data"
     nats_port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services",
-            "up",
-            "--results-dir",
-            str(results),
-            "--data-dir",
-            str(data_dir),
-            "--nats-port",
-            str(nats_port),
-            "--metrics-port",
-            str(free_port()),
-            "--results-port",
-            "0",
-            "--qoe-port",
-            "0",
-            "--cost-port",
-            "0",
-        ],
+        up_argv(
+            results,
+            data_dir,
+            nats_port=nats_port,
+            metrics_port=free_port(),
+            results_port=0,
+            qoe_port=0,
+            cost_port=0,
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
