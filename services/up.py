@@ -130,7 +130,20 @@ def wait_for_nats(host: str, nats_port: int, timeout: float, proc: subprocess.Po
 def start_embedded_nats(data_dir: Path, nats_port: int) -> tuple[subprocess.Popen[bytes], str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     chosen = nats_port or free_port()
-    argv = [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(chosen), "-sd", str(data_dir)]
+    # The broker's own log goes next to its store, not onto the user's terminal.
+    log_file = data_dir / "nats-server.log"
+    argv = [
+        find_nats_server(),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(chosen),
+        "-sd",
+        str(data_dir),
+        "-l",
+        str(log_file),
+    ]
     proc = subprocess.Popen(
         argv,
         start_new_session=True,
@@ -224,7 +237,7 @@ def _stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]], grace: float) ->
 def describe(args: argparse.Namespace, nats_url: str, embedded: bool, available: list[str]) -> list[str]:
     host = args.bind
     lines = [
-        f"  NATS       {nats_url}" + (f"  (embedded, JetStream store {args.data_dir})" if embedded else "")
+        f"  NATS       {nats_url}" + (f"  (embedded; store and log in {args.data_dir})" if embedded else "")
     ]
     if "ingest" in available:
         lines.append(f"  ingest     watching {Path(args.results_dir).resolve()}")
