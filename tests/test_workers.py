@@ -238,3 +238,43 @@ async def test_two_cost_workers_split_the_runs_and_publish_each_once(
     info = await js.stream_info(subjects.RESULTS_STREAM)
     assert info.state.messages == 20 and info.state.last_seq == 20  # nothing published twice
     assert msgspec.json.encode(results[0])  # round-trips
+
+
+def test_gateway_keeps_only_the_latest_runs_results() -> None:
+    from services.exporter.state import GatewayState
+    from shared.schemas import QoEResult
+
+    def manifest(run_id: str, generation: int = 1) -> RunManifest:
+        return RunManifest(
+            run_id=run_id,
+            digest="0123456789abcdef",
+            file_name="f",
+            file_sha256="0",
+            file_bytes=1,
+            scenario_count=0,
+            generation=generation,
+            ingested_at=0.0,
+        )
+
+    def qoe(run_id: str, generation: int = 1) -> QoEResult:
+        return QoEResult(
+            run_id=run_id,
+            digest="0123456789abcdef",
+            generation=generation,
+            scenarios=[],
+            computed_at=0.0,
+            compute_seconds=0.0,
+        )
+
+    state = GatewayState()
+    state.add_manifest(manifest("test_results_1"))
+    assert state.add_result(qoe("test_results_1"))
+    state.add_manifest(manifest("test_results_2"))
+    assert ("qoe", "test_results_1") not in state.results  # pruned when a later run appeared
+    assert not state.add_result(qoe("test_results_1"))  # late result of an older run: counted, not kept
+    assert state.received["qoe"] == 2
+    assert state.add_result(qoe("test_results_3"))  # a result may arrive before its manifest
+    assert state.add_result(qoe("test_results_2", generation=2))
+    assert not state.add_result(qoe("test_results_2", generation=1))  # an older generation never wins
+    assert state.latest_run_id == "test_results_2"
+    assert not state.add_manifest(manifest("test_results_2", generation=0))

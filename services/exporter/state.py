@@ -50,12 +50,18 @@ class GatewayState:
         if current is not None and current.generation > manifest.generation:
             return False
         self.manifests[manifest.run_id] = manifest
+        latest = self.latest_run_id
+        # Only the latest run is exported: results of older runs would only cost memory.
+        self.results = {key: r for key, r in self.results.items() if latest is None or key[1] >= latest}
         self.version += 1
         return True
 
     def add_result(self, result: Result) -> bool:
         key = (result.kind, result.run_id)
         self.received[result.kind] += 1
+        latest = self.latest_run_id
+        if latest is not None and result.run_id < latest:
+            return False  # an older run's result: counted, not kept
         current = self.results.get(key)
         if current is not None and current.generation > result.generation:
             return False
