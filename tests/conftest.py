@@ -14,10 +14,15 @@ from pathlib import Path
 
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from services.up import find_nats_server, free_port, wait_for_nats
+
+# Speed is measured in bench/, not asserted in tests: no per-example deadline (a busy CI machine is slow).
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
