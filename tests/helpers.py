@@ -15,6 +15,8 @@ from nats.js.errors import NotFoundError
 
 from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
 from shared.bus import NatsConfig
+from shared.schemas import RunManifest, Scenario, ScenarioMessage
+from shared.worker import RunInput
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -82,3 +84,24 @@ def without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nulls(v) for v in value]
     return value
+
+
+def run_input(*scenarios: Scenario) -> RunInput:
+    """An in-memory run of these scenarios, as a worker receives it."""
+    manifest = RunManifest(
+        run_id="r",
+        digest="0123456789abcdef",
+        file_name="f",
+        file_sha256="0" * 64,
+        file_bytes=1,
+        scenario_count=len(scenarios),
+        generation=1,
+        ingested_at=0.0,
+    )
+    return RunInput(
+        manifest,
+        [
+            ScenarioMessage(run_id="r", digest=manifest.digest, index=i, scenario=s)
+            for i, s in enumerate(scenarios)
+        ],
+    )

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.qoe.service import QoESettings, compute_qoe
-from shared.schemas import RunManifest, Scenario, ScenarioMessage
-from shared.worker import RunInput
+from shared.schemas import Scenario
+from tests.helpers import run_input
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -73,33 +73,13 @@ def direct(media: Path, output: str, graph: str, pattern: str) -> float:
     return float(match.group(1))
 
 
-def run_of(*scenarios: Scenario) -> RunInput:
-    manifest = RunManifest(
-        run_id="r",
-        digest="0123456789abcdef",
-        file_name="f",
-        file_sha256="0",
-        file_bytes=1,
-        scenario_count=len(scenarios),
-        generation=1,
-        ingested_at=0.0,
-    )
-    return RunInput(
-        manifest,
-        [
-            ScenarioMessage(run_id="r", digest=manifest.digest, index=i, scenario=s)
-            for i, s in enumerate(scenarios)
-        ],
-    )
-
-
 def test_psnr_and_vmaf_from_videos(tmp_path: Path) -> None:
     encode(tmp_path)
     settings = QoESettings(media_root=tmp_path, ffmpeg=FFMPEG, ffmpeg_timeout_s=120)
     good = Scenario(name="good", reference_file="ref.mp4", output_file="good.mp4")
     bad = Scenario(name="bad", reference_file="ref.mp4", output_file="bad.mp4")
     escape = Scenario(name="escape", reference_file="../ref.mp4", output_file="good.mp4")
-    g, b, e = compute_qoe(run_of(good, bad, escape), settings).scenarios
+    g, b, e = compute_qoe(run_input(good, bad, escape), settings).scenarios
     assert g.source == "ffmpeg" and g.rejected == {}
     assert g.psnr_score == pytest.approx(direct(tmp_path, "good.mp4", "[0:v][1:v]psnr", r"average:([0-9.]+)"))
     assert g.vmaf_score == pytest.approx(
@@ -116,6 +96,6 @@ def test_ffmpeg_timeout_is_reported(tmp_path: Path) -> None:
     encode(tmp_path)
     settings = QoESettings(media_root=tmp_path, ffmpeg=FFMPEG, ffmpeg_timeout_s=0.001)
     [q] = compute_qoe(
-        run_of(Scenario(name="x", reference_file="ref.mp4", output_file="good.mp4")), settings
+        run_input(Scenario(name="x", reference_file="ref.mp4", output_file="good.mp4")), settings
     ).scenarios
     assert q.psnr_score is None and "longer than" in q.rejected["psnr_score"]

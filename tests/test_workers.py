@@ -20,30 +20,10 @@ from services.ingest.publisher import RunPublisher
 from services.qoe.service import QoESettings, compute_qoe, parse_psnr, parse_vmaf
 from shared import bus, subjects
 from shared.resultsfile import decode_results
-from shared.schemas import CostResult, RunManifest, Scenario, ScenarioMessage, Telemetry
+from shared.schemas import CostResult, RunManifest, Scenario, Telemetry
 from shared.worker import RunInput, RunWorker
 from tests.conftest import NatsServer
-from tests.helpers import decoded, eventually
-
-
-def run_input(*scenarios: Scenario) -> RunInput:
-    manifest = RunManifest(
-        run_id="r",
-        digest="0123456789abcdef",
-        file_name="f",
-        file_sha256="0" * 64,
-        file_bytes=1,
-        scenario_count=len(scenarios),
-        generation=1,
-        ingested_at=0.0,
-    )
-    return RunInput(
-        manifest,
-        [
-            ScenarioMessage(run_id="r", digest=manifest.digest, index=i, scenario=s)
-            for i, s in enumerate(scenarios)
-        ],
-    )
+from tests.helpers import decoded, eventually, run_input
 
 
 def cost_args(**overrides: object) -> argparse.Namespace:

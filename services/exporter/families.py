@@ -281,12 +281,33 @@ def results_families(view: RunView) -> list[Family]:
     return [total, *families, *extra.values()]
 
 
+Spec = tuple[str, str, Callable[..., float | None]]
+
+
+def _per_scenario(
+    specs: Sequence[Spec],
+    labelnames: tuple[str, ...],
+    scenarios: Sequence[ScenarioMessage],
+    labelsets: Sequence[tuple[str, ...]],
+    figures_by_index: dict[int, object],
+) -> list[Family]:
+    """One family per spec, one sample per scenario that has figures (spec = name, help, value getter)."""
+    families = [Family(name, help_, labelnames) for name, help_, _ in specs]
+    for message, labels in zip(scenarios, labelsets, strict=True):
+        figures = figures_by_index.get(message.index)
+        if figures is None:
+            continue
+        for family, (_, _, getter) in zip(families, specs, strict=True):
+            family.add(labels, getter(figures))
+    return families
+
+
 def cost_families(view: RunView) -> list[Family]:
     if view.cost is None:
         return []
     c = view.cost
     cur = c.currency
-    specs: list[tuple[str, str, Callable[..., float | None]]] = [
+    specs: list[Spec] = [
         (
             "cost_total_load_aware",
             f"Total cost ({cur}) - load-aware: energy + compute",
@@ -331,22 +352,14 @@ def cost_families(view: RunView) -> list[Family]:
             lambda x: x.co2_monthly_avoided_kg,
         ),
     ]
-    families = [Family(name, help_, COST_LABELS) for name, help_, _ in specs]
-    by_index = {x.index: x for x in c.scenarios}
     labelsets = unique([cost_labels(m.scenario, cur) for m in view.scenarios], position=0)
-    for message, labels in zip(view.scenarios, labelsets, strict=True):
-        figures = by_index.get(message.index)
-        if figures is None:
-            continue
-        for family, (_, _, getter) in zip(families, specs, strict=True):
-            family.add(labels, getter(figures))
-    return families
+    return _per_scenario(specs, COST_LABELS, view.scenarios, labelsets, {x.index: x for x in c.scenarios})
 
 
 def qoe_families(view: RunView) -> list[Family]:
     if view.qoe is None:
         return []
-    specs: list[tuple[str, str, Callable[..., float | None]]] = [
+    specs: list[Spec] = [
         ("qoe_vmaf_score", "VMAF quality score (0-100)", lambda q: q.vmaf_score),
         ("qoe_psnr_score", "PSNR (dB)", lambda q: q.psnr_score),
         ("qoe_quality_per_watt", "VMAF per watt of mean power (VMAF/W)", lambda q: q.quality_per_watt),
@@ -363,16 +376,10 @@ def qoe_families(view: RunView) -> list[Family]:
         ("qoe_ssim_score", "SSIM (0-1)", lambda q: q.ssim_score),
         ("qoe_drop_rate", "Dropped frames / total frames (ratio)", lambda q: q.drop_rate),
     ]
-    families = [Family(name, help_, QOE_LABELS) for name, help_, _ in specs]
-    by_index = {q.index: q for q in view.qoe.scenarios}
     labelsets = unique([(legacy_scenario_label(m.scenario.name),) for m in view.scenarios], position=0)
-    for message, labels in zip(view.scenarios, labelsets, strict=True):
-        q = by_index.get(message.index)
-        if q is None:
-            continue
-        for family, (_, _, getter) in zip(families, specs, strict=True):
-            family.add(labels, getter(q))
-    return families
+    return _per_scenario(
+        specs, QOE_LABELS, view.scenarios, labelsets, {q.index: q for q in view.qoe.scenarios}
+    )
 
 
 def non_empty(families: Iterable[Family]) -> list[Family]:
