@@ -73,7 +73,11 @@ class StatusServer:
 
             do_HEAD = do_GET
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            # socketserver's default listen backlog is 5: more simultaneous scrapers would wait for SYN retries.
+            request_queue_size = 128
+
+        self._httpd = Server((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"http-{name}", daemon=True)
 
