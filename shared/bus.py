@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -29,6 +30,8 @@ from shared.config import flag, positive_float, redact_url
 log = logging.getLogger(__name__)
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+#: Errors that mean "NATS is unavailable right now": retry later, never treat the input as bad.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
 #: JetStream's publish-dedupe window (Nats-Msg-Id); the ingest KV record covers restarts beyond it.
 DUPLICATE_WINDOW_SECONDS = 120.0
 

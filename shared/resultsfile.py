@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 import msgspec
 
-from shared.schemas import ResultsFile, Scenario
+from shared.schemas import ErrorEvent, ResultsFile, Scenario
 
 #: The file names the benchmark runner writes; anything else in the directory is ignored.
 RESULTS_GLOB = "test_results_*.json"
@@ -34,6 +35,23 @@ class ResultsFileError(Exception):
         self.message = message
         self.json_path = json_path
         self.expected = expected
+
+    def describe(self) -> str:
+        """One line: ``schema at $.scenarios[3].fps: <message>; expected int | float | null``."""
+        where = f" at {self.json_path}" if self.json_path else ""
+        expected = f"; expected {self.expected}" if self.expected else ""
+        return f"{self.reason}{where}: {self.message}{expected}"
+
+    def to_event(self, service: str, file_name: str) -> ErrorEvent:
+        return ErrorEvent(
+            service=service,
+            reason=self.reason,
+            message=self.message,
+            at=time.time(),
+            file=file_name,
+            json_path=self.json_path,
+            expected=self.expected,
+        )
 
 
 class TruncatedFileError(ResultsFileError):

@@ -37,7 +37,7 @@ from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest, ScenarioMess
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_TRANSIENT = bus.TRANSIENT_ERRORS
 _MANIFEST = msgspec.json.Decoder(RunManifest)
 _SCENARIO = msgspec.json.Decoder(ScenarioMessage)
 

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
+from shared import subjects
 from shared.bus import NatsConfig
-from shared.schemas import RunManifest, Scenario, ScenarioMessage
+from shared.schemas import ErrorEvent, RunManifest, Scenario, ScenarioMessage
 from shared.worker import RunInput
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -105,3 +107,24 @@ def run_input(*scenarios: Scenario) -> RunInput:
             for i, s in enumerate(scenarios)
         ],
     )
+
+
+async def manifests(nc: NATS) -> list[RunManifest]:
+    return await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_RUN, RunManifest)
+
+
+async def scenario_msgs(nc: NATS) -> list[ScenarioMessage]:
+    return await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_SCENARIO, ScenarioMessage)
+
+
+async def errors(nc: NATS) -> list[ErrorEvent]:
+    return await decoded(nc.jetstream(), subjects.EVENTS_STREAM, subjects.EVENTS_ERROR, ErrorEvent)
+
+
+async def count_manifests(nc: NATS, n: int) -> None:
+    """Wait until the ingest stream holds at least ``n`` run manifests."""
+
+    async def check() -> bool:
+        return len(await manifests(nc)) >= n
+
+    await eventually(check, what=f"{n} run manifest(s)")

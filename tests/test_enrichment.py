@@ -33,7 +33,7 @@ from shared.schemas import (
 )
 from shared.telemetry import resolve
 from tests.conftest import DATA, NatsServer, VictoriaMetrics
-from tests.helpers import decoded, eventually, running_ingest
+from tests.helpers import count_manifests, decoded, running_ingest
 from tests.telemetry_data import DRAM_W, Timeline, prometheus_text, truths
 
 RUN = "test_results_20251228_203216"
@@ -188,13 +188,7 @@ async def test_ingest_enriches_before_publishing(
     async with running_ingest(nats_server.url, results_dir, enricher=e):
         shutil.copy(DATA / f"{RUN}.json", results_dir)
 
-        async def done() -> bool:
-            return (
-                len(await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_RUN, RunManifest))
-                == 1
-            )
-
-        await eventually(done, what="the enriched run")
+        await count_manifests(nc, 1)
     e.close()
     messages = await decoded(
         nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_SCENARIO, ScenarioMessage
@@ -223,13 +217,7 @@ async def test_victoriametrics_stopped_mid_run_then_reenriched(
     async with running_ingest(nats_server.url, results_dir, enricher=e) as service:
         shutil.copy(DATA / f"{RUN}.json", results_dir)
 
-        async def done() -> bool:
-            return (
-                len(await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_RUN, RunManifest))
-                == 1
-            )
-
-        await eventually(done, what="the run published without telemetry")
+        await count_manifests(nc, 1)
         failures = service.metrics.registry.get_sample_value("transcode_ingest_enrichment_failures_total")
     e.close()
     assert failures == 15

@@ -17,35 +17,25 @@ from nats.aio.client import Client as NATS
 
 from services.ingest.service import IngestService
 from shared import subjects
-from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessage
+from shared.schemas import IngestRecord
 from tests.conftest import DATA, EXAMPLES, NatsServer
-from tests.helpers import decoded, eventually, running_ingest, stream_messages, without_nulls
+from tests.helpers import (
+    count_manifests,
+    errors,
+    eventually,
+    manifests,
+    running_ingest,
+    scenario_msgs,
+    stream_messages,
+    without_nulls,
+)
 
 EXAMPLE_FILES = sorted(DATA.glob("test_results_*.json")) + sorted(EXAMPLES.glob("test_results_*.json"))
-
-
-async def manifests(nc: NATS) -> list[RunManifest]:
-    return await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_RUN, RunManifest)
-
-
-async def scenario_msgs(nc: NATS) -> list[ScenarioMessage]:
-    return await decoded(nc.jetstream(), subjects.INGEST_STREAM, subjects.INGEST_SCENARIO, ScenarioMessage)
-
-
-async def errors(nc: NATS) -> list[ErrorEvent]:
-    return await decoded(nc.jetstream(), subjects.EVENTS_STREAM, subjects.EVENTS_ERROR, ErrorEvent)
 
 
 def files_count(service: IngestService, outcome: str) -> float:
     value = service.metrics.registry.get_sample_value("transcode_ingest_files_total", {"outcome": outcome})
     return value or 0.0
-
-
-async def count_manifests(nc: NATS, n: int) -> None:
-    async def check() -> bool:
-        return len(await manifests(nc)) >= n
-
-    await eventually(check, what=f"{n} run manifest(s)")
 
 
 @pytest.mark.parametrize("source", EXAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")

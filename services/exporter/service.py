@@ -280,10 +280,6 @@ class Gateway:
                 if loop.time() >= next_lag:
                     await self._poll_lag()
                     next_lag = loop.time() + lag_interval
-            except (NotFoundError, TimeoutError, OSError) as exc:
-                log.warning("gateway refresh failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-                self._dirty.set()
             except Exception as exc:  # a NATS hiccup must not take the metrics down
                 log.warning("gateway refresh failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)

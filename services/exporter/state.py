@@ -186,7 +186,7 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
     enrichment = Family(
         "transcode_enrichment_failures", "Runs published with telemetry missing", kind="counter"
     )
-    enrichment.add((), 0.0)
+    enrichment.add((), state.errors.get((SERVICE_INGEST, "enrichment_failed"), 0))
     errors = Family(
         "transcode_service_errors",
         "Error events by service and reason",
@@ -199,9 +199,7 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
     counts.update(state.errors)
     for (service, reason), count in sorted(counts.items()):
         errors.add((service, reason), count)
-        if service == SERVICE_INGEST and reason == "enrichment_failed":
-            enrichment.samples = [((), float(count))]
-        elif service == SERVICE_INGEST:
+        if service == SERVICE_INGEST and reason != "enrichment_failed":
             rejected.add((reason,), count)
     out += [rejected, enrichment, errors]
     pending = Family(

@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import subjects
-from shared.resultsfile import ParsedRun
+from shared.resultsfile import ParsedRun, ResultsFileError
 from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessage, Telemetry
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,15 @@ def kv_key(run_id: str) -> str:
     return "b64." + base64.urlsafe_b64encode(run_id.encode()).decode()
 
 
-class PayloadTooLargeError(Exception):
+class PayloadTooLargeError(ResultsFileError):
+    """A scenario that cannot travel in one NATS message: the file is rejected like any other bad input."""
+
     def __init__(self, index: int, size: int, limit: int) -> None:
         super().__init__(
-            f"scenario {index} encodes to {size} bytes, over the server's max payload of {limit} bytes"
+            "scenario_too_large",
+            f"scenario {index} encodes to {size} bytes, over the server's max payload of {limit} bytes",
+            json_path=f"$.scenarios[{index}]",
+            expected=f"a scenario that encodes to under {limit} bytes",
         )
         self.index = index
 

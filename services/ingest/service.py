@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -30,7 +29,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.ingest.enrich import Enricher, EnrichSettings, TelemetryQueries
 from services.ingest.publisher import (
     ClaimLostError,
-    PayloadTooLargeError,
     RunPublisher,
     kv_key,
     publish_error,
@@ -53,7 +51,9 @@ log = logging.getLogger("ingest")
 SERVICE = "ingest"
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 REJECTED_DIR = "rejected"
-_TRANSIENT = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_TRANSIENT = bus.TRANSIENT_ERRORS
+#: Publishing failures worth waiting out: NATS trouble, or another replica claimed the run first.
+_RETRY_PUBLISH: tuple[type[BaseException], ...] = (ClaimLostError, *_TRANSIENT)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,9 +222,28 @@ class Rejection(Exception):
         self.error = error
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    with path.open("rb") as fh:
-        data = fh.read(limit + 1)
+def read_results_file(path: Path, limit: int) -> bytes:
+    """The file's bytes, refusing (without reading them whole) files over ``limit`` bytes.
+
+    Raises ResultsFileError (``too_large``, ``unreadable``) and FileNotFoundError (gone: nothing to do).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ResultsFileError("unreadable", f"cannot stat file: {exc.strerror}") from None
+    if size > limit:
+        raise ResultsFileError(
+            "too_large",
+            f"file is {size} bytes, over the {limit}-byte limit; it was not read",
+            expected=f"<= {limit} bytes",
+        )
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except PermissionError as exc:
+        raise ResultsFileError("unreadable", f"cannot read file: {exc.strerror}") from None
     if len(data) > limit:
         raise ResultsFileError(
             "too_large",
@@ -267,23 +286,7 @@ class IngestService:
                     "symbolic link points outside the results directory; it is not read",
                     expected=f"a file inside {root}",
                 )
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise ResultsFileError("unreadable", f"cannot stat file: {exc.strerror}") from None
-        limit = self.settings.max_file_bytes
-        if size > limit:
-            raise ResultsFileError(
-                "too_large",
-                f"file is {size} bytes, over the {limit}-byte limit; it was not read",
-                expected=f"<= {limit} bytes",
-            )
-        try:
-            return _read_bounded(path, limit)
-        except PermissionError as exc:
-            raise ResultsFileError("unreadable", f"cannot read file: {exc.strerror}") from None
+        return read_results_file(path, self.settings.max_file_bytes)
 
     # -- rejection ---------------------------------------------------------------------------------------------
 
@@ -302,15 +305,7 @@ class IngestService:
         return target
 
     async def _reject(self, path: Path, error: ResultsFileError) -> None:
-        event = ErrorEvent(
-            service=SERVICE,
-            reason=error.reason,
-            message=error.message,
-            at=time.time(),
-            file=path.name,
-            json_path=error.json_path,
-            expected=error.expected,
-        )
+        event = error.to_event(SERVICE, path.name)
         moved: Path | None = None
         try:
             moved = await asyncio.to_thread(self._move_aside, path, event)
@@ -318,16 +313,7 @@ class IngestService:
             pass  # gone already: nothing to move
         except OSError as exc:
             log.error("could not move %s aside: %s", path.name, exc)
-        where = f" at {error.json_path}" if error.json_path else ""
-        expected = f" (expected {error.expected})" if error.expected else ""
-        log.error(
-            "rejected %s: %s%s%s -> %s",
-            path.name,
-            error.reason,
-            where,
-            expected,
-            moved if moved else "left in place",
-        )
+        log.error("rejected %s: %s -> %s", path.name, error.describe(), moved if moved else "left in place")
         self.metrics.files.labels("rejected").inc()
         self.metrics.rejected.labels(error.reason).inc()
         event = msgspec.structs.replace(event, moved_to=str(moved) if moved else None)
@@ -363,7 +349,7 @@ class IngestService:
                     enriched = await self._enrich(run)
                     enriched_done = True
                 outcome = await self.publisher.publish(run, enriched)
-            except (ClaimLostError, *_TRANSIENT) as exc:
+            except _RETRY_PUBLISH as exc:
                 if self._stop.is_set():
                     raise
                 self.metrics.publish_retries.inc()
@@ -422,17 +408,6 @@ class IngestService:
                 continue
             except ResultsFileError as exc:
                 await self._reject(path, exc)
-                return
-            except PayloadTooLargeError as exc:
-                await self._reject(
-                    path,
-                    ResultsFileError(
-                        "scenario_too_large",
-                        str(exc),
-                        json_path=f"$.scenarios[{exc.index}]",
-                        expected=f"a scenario that encodes to under {self.publisher.max_payload} bytes",
-                    ),
-                )
                 return
             await self._publish_with_retry(run)
             if not wake.is_set():
@@ -627,38 +602,16 @@ async def one_shot(args: argparse.Namespace) -> int:
     try:
         for path in args.files:
             try:
-                if path.stat().st_size > args.max_file_bytes:
-                    raise ResultsFileError("too_large", f"file is over the {args.max_file_bytes}-byte limit")
-                run = decode_results(_read_bounded(path, args.max_file_bytes), path.name)
+                run = decode_results(read_results_file(path, args.max_file_bytes), path.name)
                 outcome = await publisher.publish(run)
             except FileNotFoundError:
                 failures += 1
                 print(f"{path}: no such file", file=sys.stderr)
                 continue
-            except (ResultsFileError, PayloadTooLargeError) as exc:
+            except ResultsFileError as error:
                 failures += 1
-                error = (
-                    exc
-                    if isinstance(exc, ResultsFileError)
-                    else ResultsFileError(
-                        "scenario_too_large", str(exc), json_path=f"$.scenarios[{exc.index}]"
-                    )
-                )
-                where = f" at {error.json_path}" if error.json_path else ""
-                expected = f"; expected {error.expected}" if error.expected else ""
-                print(f"{path}: {error.reason}{where}: {error.message}{expected}", file=sys.stderr)
-                await publish_error(
-                    js,
-                    ErrorEvent(
-                        service=SERVICE,
-                        reason=error.reason,
-                        message=error.message,
-                        at=time.time(),
-                        file=path.name,
-                        json_path=error.json_path,
-                        expected=error.expected,
-                    ),
-                )
+                print(f"{path}: {error.describe()}", file=sys.stderr)
+                await publish_error(js, error.to_event(SERVICE, path.name))
                 continue
             state = "already published" if outcome.duplicate else "published"
             print(
