@@ -5,13 +5,15 @@ snapshot, a cached scrape over HTTP on loopback."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 import urllib.request
 
 from bench.harness import Row, measure
 from services.exporter.service import Gateway, start_listeners
-from services.exporter.state import GatewayState, build_snapshot, health_families
+from services.exporter.state import GatewayState, build_snapshot, health_families, kind_groups
+from services.kinds import load_kinds
 from services.up import free_port
 from shared.schemas import (
     CostResult,
@@ -62,6 +64,7 @@ def state() -> GatewayState:
     s.set_scenarios("test_results_20260101_000000", 1, scenarios)
     f = {k: 1.0 + k for k in range(N)}
     s.add_result(
+        "modeling",
         ModelingResult(
             run_id="test_results_20260101_000000",
             digest=digest,
@@ -100,9 +103,10 @@ def state() -> GatewayState:
             model_reason="x",
             computed_at=time.time(),
             compute_seconds=0.0,
-        )
+        ),
     )
     s.add_result(
+        "cost",
         CostResult(
             run_id="test_results_20260101_000000",
             digest=digest,
@@ -135,9 +139,10 @@ def state() -> GatewayState:
             ],
             computed_at=time.time(),
             compute_seconds=0.0,
-        )
+        ),
     )
     s.add_result(
+        "qoe",
         QoEResult(
             run_id="test_results_20260101_000000",
             digest=digest,
@@ -155,14 +160,20 @@ def state() -> GatewayState:
             ],
             computed_at=time.time(),
             compute_seconds=0.0,
-        )
+        ),
     )
     return s
 
 
 def run() -> list[Row]:
     st = state()
-    t_build, n_build = measure(lambda: build_snapshot(st, health_families(st, ready=True, lag={})))
+    kinds = load_kinds()
+
+    def build() -> object:
+        health = health_families(st, ready=True, lag={}, kinds=kinds)
+        return build_snapshot(st.version, health, kind_groups(st.view(), kinds, st.family_errors))
+
+    t_build, n_build = measure(build)
 
     class _NC:  # the listeners only need a connection flag for /ready
         is_connected = True
@@ -170,9 +181,9 @@ def run() -> list[Row]:
         def jetstream(self) -> None:
             return None
 
-    gateway = Gateway(_NC())  # type: ignore[arg-type]
+    gateway = Gateway(_NC(), kinds)  # type: ignore[arg-type]
     gateway.state = st
-    gateway.rebuild()
+    asyncio.run(gateway.rebuild())
     port = free_port()
     servers = start_listeners(
         gateway,
@@ -188,10 +199,10 @@ def run() -> list[Row]:
             with urllib.request.urlopen(url) as response:
                 response.read()
             samples.append(time.perf_counter() - started)
-        gateway.rebuild()
+        asyncio.run(gateway.rebuild())
         first = []
         for _ in range(20):
-            gateway.rebuild()
+            asyncio.run(gateway.rebuild())
             started = time.perf_counter()
             with urllib.request.urlopen(url) as response:
                 response.read()

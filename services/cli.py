@@ -1,74 +1,35 @@
-"""``transcode-energy``: one command, one subcommand per service, plus ``up`` for the whole system."""
+"""``transcode-energy``: one command, one subcommand per service, plus ``up`` for the whole system.
+
+Only the chosen subcommand's module is imported (``healthcheck`` imports nothing beyond the standard
+library), so a container health probe or a client command costs little memory and starts fast.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
+import importlib.metadata
 import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Protocol, cast
-
-import msgspec
-
-from shared import bus
-from shared.config import add_logging_flags, setup_logging
-from shared.schemas import PUBLISHED_MESSAGES
-
-
-class ServiceModule(Protocol):
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    main: Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]]
-
-
-#: Subcommand -> module with ``add_arguments(parser)`` and ``async main(args, stop) -> int``.
-SERVICE_MODULES: dict[str, str] = {
-    "ingest": "services.ingest.service",
-    "modeling": "services.modeling.service",
-    "cost": "services.cost.service",
-    "qoe": "services.qoe.service",
-    "exporter": "services.exporter.service",
-}
-
-_DESCRIPTIONS = {
-    "ingest": "watch the results directory and publish every run onto NATS",
-    "modeling": "per-scenario statistics and power predictions (worker)",
-    "cost": "energy/compute cost, CO2 and projections (worker)",
-    "qoe": "VMAF/PSNR quality and quality per watt (worker)",
-    "exporter": "gateway serving the established Prometheus metrics",
-}
-
-
-def _load(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(SERVICE_MODULES[name])
-    except ModuleNotFoundError as exc:
-        if exc.name == SERVICE_MODULES[name]:
-            return None  # not built yet
-        raise
-
-
-def available_services() -> list[str]:
-    return [name for name in SERVICE_MODULES if _load(name) is not None]
-
-
-def write_schemas(out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, struct in PUBLISHED_MESSAGES.items():
-        path = out / f"{name}.schema.json"
-        path.write_bytes(msgspec.json.format(msgspec.json.encode(msgspec.json.schema(struct))) + b"\n")
-        written.append(path)
-    return written
-
 
 DEFAULT_HEALTH_URL = "http://127.0.0.1:8080/health"
+
+#: Commands that are not services: name -> one-line help.
+TOOLS: dict[str, str] = {
+    "up": "run the whole system (embedded NATS + every service)",
+    "healthcheck": "exit 0 when URL answers 200 (container health checks)",
+    "schema": "write the JSON Schema of every published message",
+}
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("transcode-energy")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
 
 
 def healthcheck(url: str, timeout: float) -> int:
@@ -84,63 +45,105 @@ def healthcheck(url: str, timeout: float) -> int:
         return 1
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
+def write_schemas(out: Path) -> list[Path]:
+    import msgspec
+
+    from shared.schemas import PUBLISHED_MESSAGES
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, struct in PUBLISHED_MESSAGES.items():
+        path = out / f"{name}.schema.json"
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(msgspec.json.schema(struct))) + b"\n")
+        written.append(path)
+    return written
+
+
+def _commands() -> dict[str, str]:
+    from services.catalog import service_help, service_names
+
+    return {"up": TOOLS["up"], **{n: service_help(n) for n in service_names()}, **TOOLS}
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. With ``only``, just that subcommand is built in full (the others are listed with
+    their help line); without it, every subcommand is (for documentation and tests)."""
     parser = argparse.ArgumentParser(
         prog="transcode-energy",
         description="Energy, cost, CO2 and quality of live-video transcoding benchmarks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"transcode-energy {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules: dict[str, ModuleType] = {}
+    for name, help_ in _commands().items():
+        command = sub.add_parser(name, help=help_, description=help_)
+        if only is None or only == name:
+            _populate(name, command)
+    return parser
 
-    from services import up
 
-    up_parser = sub.add_parser("up", help="run the whole system (embedded NATS + every service)")
-    up.add_arguments(up_parser)
-    add_logging_flags(up_parser)
+def _populate(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "healthcheck":
+        parser.add_argument(
+            "url",
+            nargs="?",
+            default=os.environ.get("HEALTHCHECK_URL", DEFAULT_HEALTH_URL),
+            help=f"URL to probe [env HEALTHCHECK_URL; default {DEFAULT_HEALTH_URL}]",
+        )
+        parser.add_argument("--timeout", type=float, default=3.0)
+        return
+    if name == "schema":
+        parser.add_argument("--out", type=Path, default=Path("docs/schemas"))
+        return
+    from shared.config import add_logging_flags
 
-    for name in SERVICE_MODULES:
-        module = _load(name)
-        if module is None:
-            continue
-        modules[name] = module
-        service_parser = sub.add_parser(name, help=_DESCRIPTIONS[name])
-        cast(ServiceModule, module).add_arguments(service_parser)
-        bus.add_nats_flags(service_parser)
-        add_logging_flags(service_parser)
+    if name == "up":
+        from services import up
 
-    health_parser = sub.add_parser(
-        "healthcheck", help="exit 0 when URL answers 200 (container health checks)"
-    )
-    health_parser.add_argument(
-        "url",
-        nargs="?",
-        default=os.environ.get("HEALTHCHECK_URL", DEFAULT_HEALTH_URL),
-        help=f"URL to probe [env HEALTHCHECK_URL; default {DEFAULT_HEALTH_URL}]",
-    )
-    health_parser.add_argument("--timeout", type=float, default=3.0)
+        up.add_arguments(parser)
+        add_logging_flags(parser)
+        return
+    from services.catalog import load_service
+    from shared import bus
 
-    schema_parser = sub.add_parser("schema", help="write the JSON Schema of every published message")
-    schema_parser.add_argument("--out", type=Path, default=Path("docs/schemas"))
-    return parser, modules
+    spec = load_service(name)
+    spec.add_arguments(parser)
+    bus.add_nats_flags(parser)
+    add_logging_flags(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, modules = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "healthcheck":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = _chosen(argv)
+    if chosen == "healthcheck":  # the container probe: standard library only, nothing else built
+        probe = argparse.ArgumentParser(prog="transcode-energy healthcheck")
+        _populate("healthcheck", probe)
+        args = probe.parse_args(argv[argv.index("healthcheck") + 1 :])
         return healthcheck(args.url, args.timeout)
+    args = build_parser(only=chosen).parse_args(argv)
     if args.command == "schema":
         for path in write_schemas(args.out):
             print(path)
         return 0
+    from shared.config import setup_logging
+
     setup_logging(args.log_level, args.command)
     if args.command == "up":
         from services import up
 
-        return up.run(args, available_services())
-    module = cast(ServiceModule, modules[args.command])
-    return bus.run_async(lambda stop: module.main(args, stop))
+        return up.run(args)
+    from services.catalog import load_service
+    from shared import bus
+
+    spec = load_service(args.command)
+    return bus.run_async(lambda stop: spec.main(args, stop, None))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -55,9 +55,38 @@ def flag(
     shown = "(not set)" if default in (None, "") else ("(hidden)" if secret else repr(default))
     text = f"{help} [env {env}; default {shown}]"
     if type is bool:
-        parser.add_argument(name, default=value, help=text, action=argparse.BooleanOptionalAction)
+        action = parser.add_argument(name, default=value, help=text, action=argparse.BooleanOptionalAction)
     else:
-        parser.add_argument(name, default=value, type=type, help=text, metavar=metavar)
+        action = parser.add_argument(name, default=value, type=type, help=text, metavar=metavar)
+    # Remembered so that `up` can hand a value to a service through the same variable (never argv).
+    action.env_var = env  # type: ignore[attr-defined]
+    action.secret = secret  # type: ignore[attr-defined]
+
+
+def env_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Environment variable -> destination of every flag declared with :func:`flag` on ``parser``."""
+    return {
+        getattr(action, "env_var"): action.dest  # noqa: B009
+        for action in parser._actions
+        if getattr(action, "env_var", None)
+    }
+
+
+def env_text(value: object) -> str:
+    """A parsed flag value written back as its environment-variable text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_flags(
+    add_arguments: Callable[[argparse.ArgumentParser], None], argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv`` (default: none, so every default and env var applies) with the flags ``add_arguments``
+    declares: the one way settings are built from flags, in services and tests alike."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return parser.parse_args(argv or [])
 
 
 def port(text: str) -> int:

@@ -11,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.integration import SampledSeries, integrate
-
-JOULES_PER_KWH = 3_600_000.0
-SECONDS_PER_HOUR = 3600.0
-#: Hours in the monthly projection: 24 h x 30 days, as the old cost exporter (OpenCost uses 730).
-HOURS_PER_MONTH = 720.0
+from shared.units import GRAMS_PER_KG, HOURS_PER_MONTH, JOULES_PER_KWH, SECONDS_PER_HOUR, WATTS_PER_KILOWATT
 
 
 @dataclass(frozen=True)
@@ -118,23 +114,16 @@ class CostModel:
             gpu_seconds=integrate(gpu),
         )
 
-    # -- duration-based ------------------------------------------------------------------------------------
-
-    def compute_total_cost(self, energy_j: float, duration_h: float, use_gpu: bool = False) -> float:
-        """Duration-based cost: energy J x price per J + duration h x (CPU price per hour [+ GPU price per hour])."""
-        if energy_j < 0 or duration_h < 0:
-            raise ValueError("energy and duration must be >= 0")
-        hourly = self.cpu_cost_per_hour + (self.gpu_cost_per_hour if use_gpu else 0.0)
-        return energy_j * self.price_per_joule + duration_h * hourly
+    # -- projections ------------------------------------------------------------------------------------------
 
     def hourly_energy_cost(self, mean_power_w: float) -> float:
         """``cost_usd_per_hour``: mean power kW x price per kWh (energy only, no compute), currency/h."""
-        return mean_power_w / 1000.0 * self.energy_cost_per_kwh
+        return mean_power_w / WATTS_PER_KILOWATT * self.energy_cost_per_kwh
 
 
 def co2_kg_per_hour(mean_power_w: float, intensity_g_per_kwh: float) -> float:
     """kg CO2 per hour at a constant draw: intensity g/kWh x mean power kW / 1000."""
-    return intensity_g_per_kwh * (mean_power_w / 1000.0) / 1000.0
+    return intensity_g_per_kwh * (mean_power_w / WATTS_PER_KILOWATT) / GRAMS_PER_KG
 
 
 def monthly(per_hour: float) -> float:
@@ -160,7 +149,8 @@ class Projection:
 def project(
     model: CostModel, mean_power_w: float, intensity_g_per_kwh: float, baseline_power_w: float | None
 ) -> Projection:
-    """The hourly and monthly figures of metric-contract.md 1.1 for one scenario."""
+    """The hourly and monthly figures of one scenario: the old cost exporter's ``cost_usd_per_hour``,
+    ``cost_monthly_*`` and ``co2_*`` (currency/h, currency/month, kg/h, kg/month)."""
     per_hour = model.hourly_energy_cost(mean_power_w)
     co2_hour = co2_kg_per_hour(mean_power_w, intensity_g_per_kwh)
     savings = avoided = None

@@ -33,6 +33,7 @@ from shared.modeling import (
 )
 from shared.parsing import encoder_kind, renditions, stream_count, try_bitrate_mbps
 from shared.schemas import CandidateScore, ModelInfo, Scenario
+from shared.scoring import Measured, pixels_per_joule
 
 FEATURES = ["streams", "bitrate_mbps", "pixel_rate_mpx", "encoder_gpu"]
 MIN_TRAINING_POINTS = 3
@@ -49,6 +50,8 @@ class TrainingPoint(msgspec.Struct, kw_only=True, frozen=True):
     pixel_rate_mpx: float
     encoder_gpu: float
     power_w: float
+    #: sha256 of the results file the point came from: the same content under another run id is one run.
+    content: str = ""
 
     def features(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in FEATURES}
@@ -214,3 +217,13 @@ def train(
         fingerprint=fingerprint,
     )
     return PowerModel(predictor, info)
+
+
+def predicted_figures(
+    scenario: Scenario, predicted_power_w: float, duration_s: float
+) -> tuple[float, float | None]:
+    """What the model predicts for a scenario of ``duration_s`` seconds: energy J = predicted mean power W x
+    duration s, and the efficiency score at that energy (shared.scoring.pixels_per_joule, pixels/J)."""
+    energy_j = predicted_power_w * duration_s
+    efficiency = pixels_per_joule(scenario, Measured(energy_j=energy_j, duration_s=duration_s)).value
+    return energy_j, efficiency

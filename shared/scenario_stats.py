@@ -2,11 +2,12 @@
 
 With D = end_time - start_time (s) and E = measured energy (J):
 
-* mean power Pm = E / D (W); energy Wh = E / 3600;
+* mean power Pm: shared.telemetry.mean_power_w (a mean the file states, else E / D, else the sample mean; W);
+  energy Wh = E / 3600;
 * container CPU = mean of the container CPU % samples; docker overhead = CPU/100 x Pm (W);
 * energy per minute = Wh x 60 / D; per Mbps = Wh / bitrate Mbps (per-stream bitrate, as before);
   per frame = E / (fps x D) x 1000 (mJ);
-* efficiency = total pixels / E (pixels/J; streams x renditions); total pixels as shared.parsing;
+* efficiency = shared.scoring.pixels_per_joule: total pixels / E (pixels/J; streams x renditions);
 * power stdev sigma = sample standard deviation of the package power samples; band = Pm +- 2 sigma (low >= 0);
 * deltas against the run's baseline b: Pm - Pm_b; (Pm - Pm_b) x D / 3600 (Wh above idle over this
   scenario's own duration); (Pm - Pm_b) / Pm_b x 100 (%); CPU - CPU_b.
@@ -20,10 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from shared.integration import mean, sample_stdev
 from shared.parsing import find_baseline, measured_duration_s, total_pixels, try_bitrate_mbps, valid_fps
 from shared.schemas import ModelingScenario, Scenario
-from shared.telemetry import ResolvedTelemetry
+from shared.scoring import Measured, pixels_per_joule
+from shared.telemetry import ResolvedTelemetry, scenario_mean_power_w
+from shared.units import JOULES_PER_WH, MILLI, SECONDS_PER_HOUR
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,8 @@ def scenario_stats(
     energy = telemetry.energy_or_integral_j()
     if energy is None:
         notes.append(telemetry.missing_reason or "no energy or power telemetry")
-    pm = energy / d if energy is not None else None
-    wh = energy / 3600.0 if energy is not None else None
+    pm = scenario_mean_power_w(telemetry, d)
+    wh = energy / JOULES_PER_WH if energy is not None else None
     cpu = mean(telemetry.container_cpu_percent)
     overhead = cpu / 100.0 * pm if cpu is not None and pm is not None and pm > 0 else None
     mbps = try_bitrate_mbps(scenario.bitrate)
@@ -66,8 +71,10 @@ def scenario_stats(
         docker_overhead_w=overhead,
         energy_wh_per_min=wh * 60.0 / d if wh else None,
         energy_wh_per_mbps=wh / mbps if wh and mbps else None,
-        energy_mj_per_frame=energy / (fps * d) * 1000.0 if energy and fps else None,
-        efficiency_score=pixels / energy if pixels and energy and energy > 0 else None,
+        energy_mj_per_frame=energy / (fps * d) * MILLI if energy and fps else None,
+        efficiency_score=(
+            None if baseline else pixels_per_joule(scenario, Measured(energy_j=energy, duration_s=d)).value
+        ),
         total_pixels=pixels,
         power_stdev_w=sigma,
         band_high_w=band_high,
@@ -84,15 +91,13 @@ def with_deltas(stats: ModelingScenario, base: _Base | None) -> ModelingScenario
         delta = stats.mean_power_w - base.mean_power_w
         out["delta_power_w"] = delta
         if stats.duration_s is not None:
-            out["delta_energy_wh"] = delta * stats.duration_s / 3600.0
+            out["delta_energy_wh"] = delta * stats.duration_s / SECONDS_PER_HOUR
         if base.mean_power_w > 0:
             out["power_pct_increase"] = delta / base.mean_power_w * 100.0
     if stats.container_cpu_percent is not None and base.container_cpu_percent is not None:
         out["delta_container_cpu_percent"] = stats.container_cpu_percent - base.container_cpu_percent
     if not out:
         return stats
-    import msgspec
-
     return msgspec.structs.replace(stats, **out)
 
 

@@ -208,6 +208,18 @@ class IngestRecord(msgspec.Struct, kw_only=True):
 # ---------------------------------------------------------------------------------------------------------
 
 
+class ResultEnvelope(msgspec.Struct, kw_only=True):
+    """What every result message starts with: which run generation it is about, and when and how long it
+    took to compute. Built by ``shared.runs.make_result``; each kind adds its own fields and its ``kind``."""
+
+    run_id: str
+    digest: str
+    generation: int
+    computed_at: float
+    compute_seconds: float
+    schema_version: int = SCHEMA_VERSION
+
+
 class CandidateScore(msgspec.Struct, kw_only=True):
     """A candidate power model and how it did on held-out scenarios."""
 
@@ -277,19 +289,13 @@ class ModelingScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
     notes: list[str] = []
 
 
-class ModelingResult(msgspec.Struct, kw_only=True):
-    run_id: str
-    digest: str
-    generation: int
+class ModelingResult(ResultEnvelope, kw_only=True):
     scenarios: list[ModelingScenario]
     baseline_index: int | None
     model: ModelInfo | None
     #: Why there is no model (fewer than 3 usable scenarios, ...).
     model_reason: str | None
-    computed_at: float
-    compute_seconds: float
     kind: str = "modeling"
-    schema_version: int = SCHEMA_VERSION
 
 
 class CostScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -314,10 +320,7 @@ class CostScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
     notes: list[str] = []
 
 
-class CostResult(msgspec.Struct, kw_only=True):
-    run_id: str
-    digest: str
-    generation: int
+class CostResult(ResultEnvelope, kw_only=True):
     currency: str
     region: str
     energy_price_per_kwh: float
@@ -329,10 +332,7 @@ class CostResult(msgspec.Struct, kw_only=True):
     baseline_index: int | None
     baseline_power_w: float | None
     scenarios: list[CostScenario]
-    computed_at: float
-    compute_seconds: float
     kind: str = "cost"
-    schema_version: int = SCHEMA_VERSION
 
 
 class QoEScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -354,15 +354,9 @@ class QoEScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
     rejected: dict[str, str] = {}
 
 
-class QoEResult(msgspec.Struct, kw_only=True):
-    run_id: str
-    digest: str
-    generation: int
+class QoEResult(ResultEnvelope, kw_only=True):
     scenarios: list[QoEScenario]
-    computed_at: float
-    compute_seconds: float
     kind: str = "qoe"
-    schema_version: int = SCHEMA_VERSION
 
 
 class PredictRequest(msgspec.Struct, kw_only=True):

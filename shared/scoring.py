@@ -75,6 +75,11 @@ class Measured:
     mean_power_w: float | None = None
     energy_j: float | None = None
     duration_s: float | None = None
+    #: A VMAF score measured for the scenario (e.g. computed by the QoE worker); wins over the file's.
+    vmaf: float | None = None
+
+    def vmaf_of(self, scenario: Scenario) -> float | None:
+        return self.vmaf if self.vmaf is not None else scenario.vmaf_score
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def quality_per_watt(scenario: Scenario, measured: Measured) -> Score:
     """VMAF / mean power W (the old exporter added GPU power to the mean when the file had it)."""
     algo = Algorithm.QUALITY_PER_WATT
     try:
-        vmaf = validate_vmaf(scenario.vmaf_score)
+        vmaf = validate_vmaf(measured.vmaf_of(scenario))
     except ScoreError as exc:
         return Score(algo, None, str(exc))
     if not _positive(measured.mean_power_w):
@@ -136,7 +141,7 @@ def qoe_efficiency(scenario: Scenario, measured: Measured) -> Score:
     """total pixels x VMAF/100 / energy J."""
     algo = Algorithm.QOE_EFFICIENCY
     try:
-        vmaf = validate_vmaf(scenario.vmaf_score)
+        vmaf = validate_vmaf(measured.vmaf_of(scenario))
     except ScoreError as exc:
         return Score(algo, None, str(exc))
     pixels = total_pixels(scenario, measured.duration_s)

@@ -22,22 +22,17 @@ INGEST_STREAM = "TE_INGEST"
 INGEST_STREAM_SUBJECTS = [f"{PREFIX}.ingest.>"]
 
 # --- computed results -----------------------------------------------------------------------------------
-#: ``te.results.<kind>.<digest>``: one message per run and worker kind (``modeling``, ``cost``, ``qoe``).
+#: ``te.results.<kind>.<digest>``: one message per run and result kind (the kinds are listed once, in
+#: services/kinds.py; each kind's durable consumer on the ingest stream carries the kind's name).
 RESULTS = f"{PREFIX}.results"
 RESULTS_STREAM = "TE_RESULTS"
 RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>"]
-RESULT_KINDS = ("modeling", "cost", "qoe")
 
 # --- error and pipeline events -------------------------------------------------------------------------------
 #: ``te.events.error.<service>``: payload ``ErrorEvent`` (a rejected file, a failed enrichment, ...).
 EVENTS_ERROR = f"{PREFIX}.events.error"
 EVENTS_STREAM = "TE_EVENTS"
 EVENTS_STREAM_SUBJECTS = [f"{PREFIX}.events.>"]
-
-# --- durable consumers (one per worker type, shared by its replicas) -------------------------------------------
-CONSUMER_MODELING = "modeling"
-CONSUMER_COST = "cost"
-CONSUMER_QOE = "qoe"
 
 # --- key-value buckets -------------------------------------------------------------------------------------
 #: run key -> ``IngestRecord``: which content of a results file has been published (dedupe across restarts).
@@ -76,13 +71,24 @@ def run_subject(digest: str) -> str:
     return f"{INGEST_RUN}.{_token(digest)}"
 
 
+_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
+
+
 def result_subject(kind: str, digest: str) -> str:
-    if kind not in RESULT_KINDS:
-        raise ValueError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS}")
+    if not _NAME_RE.fullmatch(kind):
+        raise ValueError(f"bad result kind name for a subject: {kind!r}")
     return f"{RESULTS}.{kind}.{_token(digest)}"
 
 
+def result_kind(subject: str) -> str | None:
+    """The kind token of a ``te.results.<kind>.<digest>`` subject, or None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != RESULTS:
+        return None
+    return parts[2]
+
+
 def error_subject(service: str) -> str:
-    if not re.fullmatch(r"[a-z][a-z0-9_-]*", service):
+    if not _NAME_RE.fullmatch(service):
         raise ValueError(f"bad service name for a subject: {service!r}")
     return f"{EVENTS_ERROR}.{service}"

@@ -55,12 +55,6 @@ class ResolvedTelemetry:
             )
         )
 
-    def mean_power_w(self) -> float | None:
-        """Mean package power, W: measured energy / duration is the caller's job; this is the sample mean,
-        or the file's summary mean when there are no samples."""
-        sampled = mean(self.package_power_w)
-        return sampled if sampled is not None else self.summary_mean_power_w
-
     def energy_or_integral_j(self) -> float | None:
         """Measured energy, or the integral of package power when no energy figure exists, J."""
         return self.energy_j if self.energy_j is not None else integrate(self.package_power_w)
@@ -121,3 +115,55 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
         sources=tuple(sources),
         missing_reason=prom.missing_reason,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mean power: the one definition
+# ---------------------------------------------------------------------------------------------------------
+
+
+def mean_power_w(
+    *, stated_w: float | None, energy_j: float | None, duration_s: float | None, samples: SampledSeries | None
+) -> float | None:
+    """Mean power of one scenario, W. The one definition every figure uses, in this order of precedence:
+
+    1. a mean the results file states (``power.mean_watts``): the benchmark's own statement of its run;
+    2. energy / duration: measured energy J (or the integral of the power samples) over the measured
+       duration s;
+    3. the arithmetic mean of the power samples (when the duration is unknown).
+
+    None when none of them can be had.
+    """
+    if stated_w is not None:
+        return stated_w
+    if energy_j is not None and duration_s is not None and duration_s > 0:
+        return energy_j / duration_s
+    return mean(samples)
+
+
+def scenario_mean_power_w(
+    tel: ResolvedTelemetry, duration_s: float | None, *, include_gpu: bool = False
+) -> float | None:
+    """Mean CPU package power (results, modeling), W; with ``include_gpu`` plus the GPU's mean power stated by
+    the file (``gpu_power.mean_watts``), as the old QoE exporter added it for quality per watt."""
+    cpu = mean_power_w(
+        stated_w=tel.summary_mean_power_w,
+        energy_j=tel.energy_or_integral_j(),
+        duration_s=duration_s,
+        samples=tel.package_power_w,
+    )
+    if cpu is None or not include_gpu:
+        return cpu
+    return cpu + (tel.gpu_mean_power_w or 0.0)
+
+
+def cost_mean_power_w(tel: ResolvedTelemetry, duration_s: float | None) -> float | None:
+    """Mean power of the series the cost family prices, W.
+
+    The cost family deliberately keeps the old cost exporter's figure, so that ``cost_usd_per_hour``, the
+    monthly projections and CO2 continue their series: the arithmetic mean of the samples of the series it
+    integrates (the sum over every RAPL zone when known, else package power), i.e. step 3 of
+    :func:`mean_power_w`. Without samples it is :func:`scenario_mean_power_w` (a stated mean, else E / D).
+    """
+    sampled = mean(tel.cost_power_w)
+    return sampled if sampled is not None else scenario_mean_power_w(tel, duration_s)

@@ -1,13 +1,15 @@
 """The loop every worker runs: take run manifests from a durable pull consumer, compute, publish, ack.
 
-* All replicas of one worker type bind to the same durable consumer, so they split the runs between them;
-  starting another process is all it takes to scale out.
+* All replicas of one kind bind to the same durable consumer (named after the kind), so they split the runs
+  between them; starting another process is all it takes to scale out.
 * A result is published with ``Nats-Msg-Id = <digest>:<generation>:<kind>`` and the message is acked only
   after JetStream acknowledged the result: a crash before the ack redelivers the run, and the redelivered
   result replaces the first (one message per subject), so nothing is lost or counted twice.
+* While a run is being computed the worker tells JetStream it is still working on it (``in_progress``) every
+  few seconds, so the ack wait can be short: a killed worker's run is redelivered within ``ACK_WAIT_S``.
 * A manifest superseded by a newer generation of the same content is acked without work.
-* Undecodable manifests are terminated (never redelivered) and reported; failures while computing are
-  retried with a delay up to ``max_deliver`` times and reported.
+* Undecodable manifests and results too large to publish are terminated (never redelivered) and reported;
+  failures while computing are retried with a delay up to ``max_deliver`` times and reported each time.
 """
 
 from __future__ import annotations
@@ -17,15 +19,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -33,22 +32,19 @@ from prometheus_client.registry import Collector
 from shared import bus, subjects
 from shared.config import flag, port
 from shared.httpserver import StatusServer
-from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest, ScenarioMessage
+from shared.kinds import Computer, Kind, open_computer
+from shared.runs import RunInput, latest_manifest, load_scenarios
+from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = bus.TRANSIENT_ERRORS
 _MANIFEST = msgspec.json.Decoder(RunManifest)
-_SCENARIO = msgspec.json.Decoder(ScenarioMessage)
-
-
-@dataclass(frozen=True)
-class RunInput:
-    manifest: RunManifest
-    scenarios: list[ScenarioMessage]
-
-
-Compute = Callable[[RunInput], Awaitable[msgspec.Struct]]
+#: How long JetStream waits for an ack (or a progress signal) before redelivering a run.
+ACK_WAIT_S = 20.0
+#: How often a busy worker says it is still working on a run (well inside ACK_WAIT_S).
+PROGRESS_EVERY_S = 5.0
+MAX_DELIVER = 5
 
 
 class Superseded(Exception):
@@ -56,23 +52,11 @@ class Superseded(Exception):
 
 
 async def load_run(js: JetStreamContext, manifest: RunManifest) -> RunInput:
-    """The run's scenario messages, read by subject. Raises Superseded when a newer generation exists."""
-    try:
-        latest = await js.get_last_msg(
-            subjects.INGEST_STREAM, subjects.run_subject(manifest.digest), direct=True
-        )
-        current = _MANIFEST.decode(latest.data or b"")
-        if current.generation > manifest.generation:
-            raise Superseded(f"generation {manifest.generation} superseded by {current.generation}")
-    except NotFoundError:
-        pass
-    scenarios = []
-    for index in range(manifest.scenario_count):
-        raw = await js.get_last_msg(
-            subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
-        )
-        scenarios.append(_SCENARIO.decode(raw.data or b""))
-    return RunInput(manifest, scenarios)
+    """The run's scenario messages. Raises Superseded when a newer generation of the content exists."""
+    current = await latest_manifest(js, manifest.digest)
+    if current is not None and current.generation > manifest.generation:
+        raise Superseded(f"generation {manifest.generation} superseded by {current.generation}")
+    return RunInput(manifest, await load_scenarios(js, manifest))
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,13 +74,18 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 class RunWorker:
     def __init__(
-        self, nc: NATS, *, kind: str, durable: str, compute: Compute, max_deliver: int = 5, replicas: int = 1
+        self,
+        nc: NATS,
+        *,
+        kind: str,
+        compute: Computer,
+        max_deliver: int = MAX_DELIVER,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.kind = kind
-        self.durable = durable
-        self.compute = compute
+        self.computer = compute
         self.max_deliver = max_deliver
         self.replicas = replicas
         self.processed = 0
@@ -117,6 +106,15 @@ class RunWorker:
                 subjects.error_subject(self.kind), msgspec.json.encode(event), stream=subjects.EVENTS_STREAM
             )
 
+    async def _compute_with_progress(self, msg: Msg, run: RunInput) -> msgspec.Struct:
+        task = asyncio.ensure_future(self.computer.compute(run))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
+            if done:
+                return task.result()
+            with contextlib.suppress(*_TRANSIENT):
+                await msg.in_progress()
+
     async def handle(self, msg: Msg) -> None:
         try:
             manifest = _MANIFEST.decode(msg.data)
@@ -133,8 +131,7 @@ class RunWorker:
             return
         try:
             run = await load_run(self.js, manifest)
-            started = time.perf_counter()
-            result = await self.compute(run)
+            result = await self._compute_with_progress(msg, run)
             payload = msgspec.json.encode(result)
             await self.js.publish(
                 subjects.result_subject(self.kind, manifest.digest),
@@ -150,11 +147,18 @@ class RunWorker:
                 manifest.run_id,
                 manifest.generation,
                 len(run.scenarios),
-                (time.perf_counter() - started) * 1000,
+                (time.perf_counter() - run.started) * 1000,
             )
         except Superseded as exc:
             log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
             await msg.ack()
+        except nats.errors.MaxPayloadError as exc:
+            # Retrying cannot make the result smaller: a permanent, reported error, never a silent drop.
+            self.failed += 1
+            log.error("%s: result of %s cannot be published: %s", self.kind, manifest.run_id, exc)
+            await self._report("result_too_large", f"{type(exc).__name__}: {exc}", manifest)
+            with contextlib.suppress(*_TRANSIENT):
+                await msg.term()
         except _TRANSIENT as exc:
             log.warning(
                 "%s: %s: NATS trouble (%s); will retry", self.kind, manifest.run_id, type(exc).__name__
@@ -173,7 +177,10 @@ class RunWorker:
             )
             await self._report("compute_failed", f"{type(exc).__name__}: {exc}", manifest)
             with contextlib.suppress(*_TRANSIENT):
-                await msg.nak(delay=5)
+                if deliveries >= self.max_deliver:
+                    await msg.term()
+                else:
+                    await msg.nak(delay=5)
 
     def status_server(self, host: str, port_number: int) -> StatusServer:
         """/health, /ready (consuming and connected) and this worker's counters."""
@@ -215,21 +222,23 @@ class RunWorker:
         await bus.ensure_pull_consumer(
             self.js,
             subjects.INGEST_STREAM,
-            self.durable,
+            self.kind,
             f"{subjects.INGEST_RUN}.>",
+            ack_wait=ACK_WAIT_S,
             max_deliver=self.max_deliver,
         )
-        sub = await self.js.pull_subscribe_bind(self.durable, stream=subjects.INGEST_STREAM)
+        sub = await self.js.pull_subscribe_bind(self.kind, stream=subjects.INGEST_STREAM)
         self.ready.set()
-        log.info("%s worker consuming %s.> as durable %r", self.kind, subjects.INGEST_RUN, self.durable)
+        log.info("%s worker consuming %s.> as durable %r", self.kind, subjects.INGEST_RUN, self.kind)
         while not stop.is_set():
             try:
                 messages = await sub.fetch(1, timeout=1)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except _TRANSIENT as exc:
-                log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
-                await asyncio.sleep(1)
+                if not stop.is_set():
+                    log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
+                    await asyncio.sleep(1)
                 continue
             for msg in messages:
                 await self.handle(msg)
@@ -238,14 +247,27 @@ class RunWorker:
 
 
 async def run_worker_service(
-    args: argparse.Namespace, stop: asyncio.Event, *, kind: str, durable: str, compute: Compute
+    args: argparse.Namespace, stop: asyncio.Event, kind: Kind, ready: asyncio.Event | None = None
 ) -> int:
-    """The whole life of a worker process: connect, consume until ``stop``, drain."""
-    nc = await bus.connect(bus.nats_config_from_args(args), name=kind)
+    """The whole life of a worker of ``kind``: connect, start the kind, consume until ``stop``, drain."""
+    settings = kind.settings(args)
+    nc = await bus.connect(bus.nats_config_from_args(args), name=kind.name)
     try:
-        worker = RunWorker(nc, kind=kind, durable=durable, compute=compute, replicas=args.js_replicas)
-        await worker.serve(stop, args.bind, args.status_port)
+        await bus.ensure_topology(nc.jetstream(), replicas=args.js_replicas)
+        computer = await open_computer(kind, nc, settings)
+        try:
+            worker = RunWorker(nc, kind=kind.name, compute=computer, replicas=args.js_replicas)
+            if ready is not None:
+                asyncio.get_running_loop().create_task(_forward(worker.ready, ready))
+            await worker.serve(stop, args.bind, args.status_port)
+        finally:
+            await computer.close()
     finally:
         await bus.drain(nc)
-    log.info("%s stopped", kind)
+    log.info("%s stopped", kind.name)
     return 0
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

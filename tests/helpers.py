@@ -17,8 +17,8 @@ from nats.js.errors import NotFoundError
 from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
 from shared import subjects
 from shared.bus import NatsConfig
+from shared.runs import RunInput
 from shared.schemas import ErrorEvent, RunManifest, Scenario, ScenarioMessage
-from shared.worker import RunInput
 
 T = TypeVar("T", bound=msgspec.Struct)
 

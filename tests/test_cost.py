@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.cost import HOURS_PER_MONTH, CostModel, co2_kg_per_hour, project
+from shared.cost import CostModel, co2_kg_per_hour, project
 from shared.integration import SampledSeries, integrate, mean, sample_stdev, trapezoid_uniform
 from shared.schemas import Samples
+from shared.units import HOURS_PER_MONTH
 
 U = SampledSeries.uniform
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -120,11 +121,6 @@ class TestCostModel:
             power_w=U([100.0] * 3, 5.0), cpu_cores=None, duration_s=60, viewers=None
         )
         assert no_viewers.per_watch_hour is None
-
-    def test_duration_based_total(self) -> None:
-        # 3.6e6 J = 1 kWh at 0.12 -> 0.12; 2 h x (0.5 + 2.0) -> 5.0; total 5.12. Without GPU: 0.12 + 1.0.
-        assert MODEL.compute_total_cost(3.6e6, 2.0, use_gpu=True) == pytest.approx(5.12, rel=1e-12)
-        assert MODEL.compute_total_cost(3.6e6, 2.0) == pytest.approx(1.12, rel=1e-12)
 
     def test_negative_prices_are_refused(self) -> None:
         with pytest.raises(ValueError):

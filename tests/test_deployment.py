@@ -38,7 +38,7 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
 
 
 def cli_defaults(command: str) -> dict[str, Any]:
-    parser, _ = build_parser()
+    parser = build_parser()
     return vars(parser.parse_args([command]))
 
 
@@ -54,7 +54,7 @@ class TestCompose:
             assert cluster[name]["environment"]["NATS_URL"].count("nats://") == 3
 
     def test_every_command_is_a_real_subcommand(self) -> None:
-        parser, _ = build_parser()
+        parser = build_parser()
         for name in OUR_SERVICES:
             service = compose()["services"][name]
             assert service["image"] == "transcode-energy:latest"
@@ -63,7 +63,7 @@ class TestCompose:
             parser.parse_args(command)  # exits (fails the test) on an unknown flag
 
     def test_every_service_has_a_healthcheck_on_a_port_it_serves(self) -> None:
-        parser, _ = build_parser()
+        parser = build_parser()
         services = compose()["services"]
         for name, service in services.items():
             assert "healthcheck" in service, name

@@ -238,7 +238,7 @@ def points() -> list[TrainingPoint]:
         f = features_of(scenario)
         if f is None or "aseline" in row["name"]:
             continue
-        out.append(TrainingPoint(run_id="r", index=i, power_w=float(row["mean_power_w"]), **f))
+        out.append(TrainingPoint(run_id="r", index=i, content="", power_w=float(row["mean_power_w"]), **f))
     return out
 
 

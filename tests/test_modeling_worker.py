@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -16,9 +15,13 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.modeling.service import Modeler, start_modeling
-from shared import subjects
+from services.modeling.kind import add_arguments as modeling_flags
+from services.modeling.kind import settings_from_args
+from services.modeling.modeler import Modeler, start_modeler
+from shared import bus, subjects
+from shared.config import parse_flags
 from shared.schemas import ModelingResult, PredictRequest, PredictResponse, Scenario
+from shared.worker import RunWorker
 from tests.conftest import EXAMPLES, NatsServer
 from tests.helpers import decoded, eventually, running_ingest
 
@@ -28,8 +31,9 @@ RUN = "test_results_20251228_203216"
 @contextlib.asynccontextmanager
 async def running_modeling(url: str) -> AsyncIterator[Modeler]:
     client = await nats.connect(url)
-    args = argparse.Namespace(selection="cv", confidence_level=0.95, history_limit=2000, js_replicas=1)
-    modeler, worker, service = await start_modeling(client, args)
+    await bus.ensure_topology(client.jetstream())
+    modeler = await start_modeler(client, settings_from_args(parse_flags(modeling_flags)))
+    worker = RunWorker(client, kind="modeling", compute=modeler)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     await asyncio.wait_for(worker.ready.wait(), 10)
@@ -38,7 +42,7 @@ async def running_modeling(url: str) -> AsyncIterator[Modeler]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        await service.stop()
+        await modeler.close()
         await client.close()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.qoe.service import QoESettings, compute_qoe
+from services.qoe.kind import add_arguments, compute_qoe, settings_from_args
+from shared.config import parse_flags
 from shared.schemas import Scenario
 from tests.helpers import run_input
 
@@ -75,7 +76,11 @@ def direct(media: Path, output: str, graph: str, pattern: str) -> float:
 
 def test_psnr_and_vmaf_from_videos(tmp_path: Path) -> None:
     encode(tmp_path)
-    settings = QoESettings(media_root=tmp_path, ffmpeg=FFMPEG, ffmpeg_timeout_s=120)
+    settings = settings_from_args(
+        parse_flags(
+            add_arguments, ["--media-root", str(tmp_path), "--ffmpeg", FFMPEG, "--ffmpeg-timeout", "120"]
+        )
+    )
     good = Scenario(name="good", reference_file="ref.mp4", output_file="good.mp4")
     bad = Scenario(name="bad", reference_file="ref.mp4", output_file="bad.mp4")
     escape = Scenario(name="escape", reference_file="../ref.mp4", output_file="good.mp4")
@@ -94,7 +99,11 @@ def test_psnr_and_vmaf_from_videos(tmp_path: Path) -> None:
 
 def test_ffmpeg_timeout_is_reported(tmp_path: Path) -> None:
     encode(tmp_path)
-    settings = QoESettings(media_root=tmp_path, ffmpeg=FFMPEG, ffmpeg_timeout_s=0.001)
+    settings = settings_from_args(
+        parse_flags(
+            add_arguments, ["--media-root", str(tmp_path), "--ffmpeg", FFMPEG, "--ffmpeg-timeout", "0.001"]
+        )
+    )
     [q] = compute_qoe(
         run_input(Scenario(name="x", reference_file="ref.mp4", output_file="good.mp4")), settings
     ).scenarios

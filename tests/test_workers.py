@@ -13,33 +13,27 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.cost.service import compute_costs, settings_from_args
+from services.cost.kind import add_arguments as cost_flags
+from services.cost.kind import compute_costs, settings_from_args
 from services.exporter.exposition import render_text
-from services.exporter.families import Family, legacy_scenario_label, unique
 from services.ingest.publisher import RunPublisher
-from services.qoe.service import QoESettings, compute_qoe, parse_psnr, parse_vmaf
+from services.qoe.kind import add_arguments as qoe_flags
+from services.qoe.kind import compute_qoe, parse_psnr, parse_vmaf
+from services.qoe.kind import settings_from_args as qoe_settings
 from shared import bus, subjects
+from shared.config import parse_flags
+from shared.families import Family, legacy_scenario_label, unique
 from shared.resultsfile import decode_results
+from shared.runs import RunInput
 from shared.schemas import CostResult, RunManifest, Scenario, Telemetry
-from shared.worker import RunInput, RunWorker
+from shared.worker import RunWorker
 from tests.conftest import NatsServer
 from tests.helpers import decoded, eventually, run_input
 
 
-def cost_args(**overrides: object) -> argparse.Namespace:
-    values: dict[str, object] = dict(
-        region="default",
-        energy_cost=None,
-        cpu_cost=0.0,
-        gpu_cost=0.0,
-        currency="USD",
-        pricing_config=None,
-        electricity_maps_token=None,
-        electricity_maps_url="http://127.0.0.1:9",
-        viewers=None,
-    )
-    values.update(overrides)
-    return argparse.Namespace(**values)
+def cost_args(*argv: str) -> argparse.Namespace:
+    """The cost kind's flags as a user would pass them (defaults from the flag definitions)."""
+    return parse_flags(cost_flags, ["--electricity-maps-url", "http://127.0.0.1:9", *argv])
 
 
 def measured(name: str, power: list[float], cpu: list[float] | None = None, **kw: Any) -> Scenario:
@@ -78,7 +72,9 @@ class TestCost:
 
     def test_flags_and_config(self, tmp_path: Path) -> None:
         run = run_input(measured("x", [100.0, 100.0, 100.0], [1.0, 1.0, 1.0], viewers=4.0))
-        explicit = compute_costs(run, settings_from_args(cost_args(energy_cost=0.3, cpu_cost=0.36)))
+        explicit = compute_costs(
+            run, settings_from_args(cost_args("--energy-cost", "0.3", "--cpu-cost", "0.36"))
+        )
         s = explicit.scenarios[0]
         assert explicit.energy_price_source == "flag"
         assert s.energy_cost == pytest.approx(1000 * 0.3 / 3.6e6, rel=1e-12)
@@ -89,7 +85,9 @@ class TestCost:
         config.write_text(
             json.dumps({"electricity_prices": {"eu-west-1": 0}, "co2_intensity": {"eu-west-1": 99}})
         )
-        free = compute_costs(run, settings_from_args(cost_args(region="eu-west-1", pricing_config=config)))
+        free = compute_costs(
+            run, settings_from_args(cost_args("--region", "eu-west-1", "--pricing-config", str(config)))
+        )
         assert free.energy_price_per_kwh == 0 and free.scenarios[0].energy_cost == 0.0
         assert free.co2_intensity_g_per_kwh == 99
 
@@ -119,7 +117,7 @@ class TestQoE:
             total_frames=10,
             dropped_frames=20,
         )
-        result = compute_qoe(run_input(good, bad), QoESettings())
+        result = compute_qoe(run_input(good, bad), qoe_settings(parse_flags(qoe_flags)))
         a, b = result.scenarios
         assert (a.vmaf_score, a.psnr_score, a.ssim_score, a.drop_rate) == (90.0, 40.0, 0.95, 0.01)
         assert a.quality_per_watt == pytest.approx(0.9)  # 90 / (1000 J / 10 s)
@@ -130,9 +128,17 @@ class TestQoE:
 
     def test_videos_without_ffmpeg_are_reported(self, tmp_path: Path) -> None:
         s = Scenario(name="v", reference_file="ref.mp4", output_file="out.mp4")
-        [q] = compute_qoe(run_input(s), QoESettings(media_root=tmp_path, ffmpeg=None)).scenarios
+        [q] = compute_qoe(
+            run_input(s),
+            qoe_settings(
+                parse_flags(qoe_flags, ["--media-root", str(tmp_path), "--ffmpeg", "/nonexistent/ffmpeg"])
+            ),
+        ).scenarios
         assert q.psnr_score is None and "ffmpeg is not installed" in q.rejected["psnr_score"]
-        [q] = compute_qoe(run_input(s), QoESettings(media_root=tmp_path, ffmpeg="/bin/false")).scenarios
+        [q] = compute_qoe(
+            run_input(s),
+            qoe_settings(parse_flags(qoe_flags, ["--media-root", str(tmp_path), "--ffmpeg", "/bin/false"])),
+        ).scenarios
         assert "existing files under" in q.rejected["psnr_score"]
 
     def test_ffmpeg_output_parsers(self) -> None:
@@ -172,11 +178,15 @@ async def test_two_cost_workers_split_the_runs_and_publish_each_once(
     clients = [await nats.connect(nats_server.url) for _ in range(2)]
     settings = settings_from_args(cost_args())
 
-    async def compute(run: RunInput) -> CostResult:
-        await asyncio.sleep(0.01)  # long enough that both workers get a share
-        return compute_costs(run, settings)
+    class Slow:
+        async def compute(self, run: RunInput) -> CostResult:
+            await asyncio.sleep(0.01)  # long enough that both workers get a share
+            return compute_costs(run, settings)
 
-    workers = [RunWorker(c, kind="cost", durable=subjects.CONSUMER_COST, compute=compute) for c in clients]
+        async def close(self) -> None:
+            return None
+
+    workers = [RunWorker(c, kind="cost", compute=Slow()) for c in clients]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     try:
@@ -248,13 +258,15 @@ def test_gateway_keeps_only_the_latest_runs_results() -> None:
 
     state = GatewayState()
     state.add_manifest(manifest("test_results_1"))
-    assert state.add_result(qoe("test_results_1"))
+    assert state.add_result("qoe", qoe("test_results_1"))
     state.add_manifest(manifest("test_results_2"))
     assert ("qoe", "test_results_1") not in state.results  # pruned when a later run appeared
-    assert not state.add_result(qoe("test_results_1"))  # late result of an older run: counted, not kept
+    assert not state.add_result(
+        "qoe", qoe("test_results_1")
+    )  # late result of an older run: counted, not kept
     assert state.received["qoe"] == 2
-    assert state.add_result(qoe("test_results_3"))  # a result may arrive before its manifest
-    assert state.add_result(qoe("test_results_2", generation=2))
-    assert not state.add_result(qoe("test_results_2", generation=1))  # an older generation never wins
+    assert state.add_result("qoe", qoe("test_results_3"))  # a result may arrive before its manifest
+    assert state.add_result("qoe", qoe("test_results_2", generation=2))
+    assert not state.add_result("qoe", qoe("test_results_2", generation=1))  # an older generation never wins
     assert state.latest_run_id == "test_results_2"
     assert not state.add_manifest(manifest("test_results_2", generation=0))

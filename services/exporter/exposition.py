@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from prometheus_client import utils
 
-from services.exporter.families import Family
+from shared.families import Family
 
 
 def _number(value: float) -> str:

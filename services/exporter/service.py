@@ -7,10 +7,11 @@ Listeners (each also serves ``/health`` and ``/ready``):
 * ``--qoe-port`` (9503): ``qoe_*``;
 * ``--cost-port`` (9504): ``cost_*``, ``co2_*`` and ``cost_exporter_alive``.
 
-State is rebuilt at start-up by replaying the streams (ordered consumers from the first message); ``/ready``
-turns true once every stream is caught up and the latest run's scenarios are loaded. Metric families are
-built once per change (a custom Collector serves the current snapshot) and each rendered exposition is
-cached until the next change, so a scrape never recomputes anything.
+Which families each legacy listener serves comes from the kinds registry (``Kind.listener``). State is
+rebuilt at start-up by replaying the streams (ordered consumers from the first message). ``/ready`` turns
+true only once a snapshot built from caught-up streams, with the latest run's scenarios loaded, is the one
+being served. Families are built once per change, off the event loop (a custom Collector serves the current
+snapshot) and each rendered exposition is cached until the next change, so a scrape never recomputes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -34,27 +35,24 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from services.exporter.exposition import render_text
-from services.exporter.families import Family
-from services.exporter.state import GatewayState, Snapshot, build_snapshot, health_families
+from services.exporter.state import (
+    GatewayState,
+    Snapshot,
+    build_snapshot,
+    health_families,
+    kind_groups,
+    listener_groups,
+)
 from shared import bus, subjects
 from shared.config import flag, port
+from shared.families import Family
 from shared.httpserver import StatusServer
-from shared.schemas import CostResult, ErrorEvent, ModelingResult, QoEResult, RunManifest, ScenarioMessage
+from shared.kinds import Kind
+from shared.runs import load_scenarios
+from shared.schemas import ErrorEvent, ResultEnvelope, RunManifest
 
 log = logging.getLogger("exporter")
 SERVICE = "exporter"
-
-LISTENERS: dict[str, tuple[str, ...]] = {
-    "metrics": ("results_up", "results", "qoe", "cost_alive", "cost", "health"),
-    "results": ("results_up", "results"),
-    "qoe": ("qoe",),
-    "cost": ("cost_alive", "cost"),
-}
-_RESULT_TYPES: dict[str, type[ModelingResult] | type[CostResult] | type[QoEResult]] = {
-    "modeling": ModelingResult,
-    "cost": CostResult,
-    "qoe": QoEResult,
-}
 
 
 def add_listener_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,27 +162,31 @@ class CachedExposition:
 
 
 class Gateway:
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, kinds: Sequence[Kind]) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self.kinds = list(kinds)
+        self._decoders = {k.name: msgspec.json.Decoder(k.result) for k in self.kinds}
         self.state = GatewayState()
         self.lag: dict[str, tuple[int, int]] = {}
         self._caught_up: dict[str, bool] = {}
         self._dirty = asyncio.Event()
-        self._snapshot = build_snapshot(self.state, [])
+        self._snapshot = build_snapshot(0, [], {})
         self._snapshot_version = 0
+        #: Readiness of the snapshot being served (not of the state being built).
+        self._served_ready = False
         self._subs: list[object] = []
 
     # -- readiness ---------------------------------------------------------------------------------------
 
+    def _state_ready(self) -> bool:
+        return (
+            bool(self._caught_up) and all(self._caught_up.values()) and self.state.needs_scenarios() is None
+        )
+
     @property
     def ready(self) -> bool:
-        return (
-            self.nc.is_connected
-            and bool(self._caught_up)
-            and all(self._caught_up.values())
-            and self.state.needs_scenarios() is None
-        )
+        return self.nc.is_connected and self._served_ready
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -192,10 +194,14 @@ class Gateway:
     def snapshot_version(self) -> int:
         return self._snapshot_version
 
-    def rebuild(self) -> None:
-        health = health_families(self.state, ready=self.ready, lag=self.lag)
-        self._snapshot = build_snapshot(self.state, health)
+    async def rebuild(self) -> None:
+        ready = self._state_ready()
+        view = self.state.view()
+        health = health_families(self.state, ready=ready, lag=self.lag, kinds=self.kinds)
+        groups = await asyncio.to_thread(kind_groups, view, self.kinds, self.state.family_errors)
+        self._snapshot = build_snapshot(self.state.version, health, groups)
         self._snapshot_version += 1
+        self._served_ready = ready
 
     # -- subscriptions -------------------------------------------------------------------------------------
 
@@ -207,17 +213,27 @@ class Gateway:
 
     async def _on_manifest(self, msg: Msg) -> None:
         try:
-            self.state.add_manifest(msgspec.json.decode(msg.data, type=RunManifest))
+            manifest = msgspec.json.decode(msg.data, type=RunManifest)
         except msgspec.DecodeError as exc:
             log.warning("ignoring undecodable manifest on %s: %s", msg.subject, exc)
+        else:
+            latest = self.state.latest_run_id
+            self.state.add_manifest(manifest)
+            if self._caught_up.get("manifests") and latest is not None and manifest.run_id < latest:
+                log.info(
+                    "run %s was published, but run %s stays exported: the latest run is the greatest run id",
+                    manifest.run_id,
+                    latest,
+                )
         self._mark("manifests", msg)
 
     async def _on_result(self, msg: Msg) -> None:
-        kind = msg.subject.split(".")[2] if msg.subject.count(".") >= 3 else ""
-        result_type = _RESULT_TYPES.get(kind)
-        if result_type is not None:
+        kind = subjects.result_kind(msg.subject)
+        decoder = self._decoders.get(kind or "")
+        if kind is not None and decoder is not None:
             try:
-                self.state.add_result(msgspec.json.decode(msg.data, type=result_type))
+                result: ResultEnvelope = decoder.decode(msg.data)
+                self.state.add_result(kind, result)
             except msgspec.DecodeError as exc:
                 log.warning("ignoring undecodable %s result on %s: %s", kind, msg.subject, exc)
         self._mark("results", msg)
@@ -243,21 +259,16 @@ class Gateway:
             self._caught_up.setdefault(name, False)
 
     async def _load_scenarios(self, manifest: RunManifest) -> None:
-        messages = []
-        for index in range(manifest.scenario_count):
-            raw = await self.js.get_last_msg(
-                subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
-            )
-            messages.append(msgspec.json.decode(raw.data or b"", type=ScenarioMessage))
-        self.state.set_scenarios(manifest.run_id, manifest.generation, messages)
+        scenarios = await load_scenarios(self.js, manifest)
+        self.state.set_scenarios(manifest.run_id, manifest.generation, scenarios)
 
     async def _poll_lag(self) -> None:
-        for consumer in (subjects.CONSUMER_MODELING, subjects.CONSUMER_COST, subjects.CONSUMER_QOE):
+        for kind in self.kinds:
             try:
-                info = await self.js.consumer_info(subjects.INGEST_STREAM, consumer)
+                info = await self.js.consumer_info(subjects.INGEST_STREAM, kind.name)
             except NotFoundError:
                 continue
-            self.lag[consumer] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
+            self.lag[kind.name] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
 
     async def run(self, stop: asyncio.Event, lag_interval: float = 5.0) -> None:
         await bus.ensure_topology(self.js)
@@ -281,10 +292,11 @@ class Gateway:
                     await self._poll_lag()
                     next_lag = loop.time() + lag_interval
             except Exception as exc:  # a NATS hiccup must not take the metrics down
-                log.warning("gateway refresh failed (%s: %s); retrying", type(exc).__name__, exc)
+                if not stop.is_set():
+                    log.warning("gateway refresh failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
                 self._dirty.set()
-            self.rebuild()
+            await self.rebuild()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]
@@ -297,36 +309,68 @@ def start_listeners(gateway: Gateway, args: argparse.Namespace) -> dict[str, Sta
         "qoe": args.qoe_port,
         "cost": args.cost_port,
     }
-    servers = {}
-    for name, groups in LISTENERS.items():
-        # The main listener always runs (0 picks a free port); a legacy one with port 0 is off.
-        if name != "metrics" and not ports[name]:
-            continue
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(SnapshotCollector(gateway.snapshot, groups))
-        exposition = CachedExposition(registry, gateway.snapshot, gateway.snapshot_version, groups)
-        server = StatusServer(
-            registry,
-            host=args.bind,
-            port=ports[name],
-            ready=lambda: gateway.ready,
-            name=name,
-            render=exposition.render,
-        )
-        servers[name] = server.start()
-        log.info("%s listener on http://%s:%d/metrics", name, args.bind, server.port)
+    servers: dict[str, StatusServer] = {}
+    try:
+        for name, groups in listener_groups(gateway.kinds).items():
+            # The main listener always runs (0 picks a free port); a legacy one with port 0 is off.
+            if name != "metrics" and not ports[name]:
+                continue
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(SnapshotCollector(gateway.snapshot, groups))
+            exposition = CachedExposition(registry, gateway.snapshot, gateway.snapshot_version, groups)
+            try:
+                server = StatusServer(
+                    registry,
+                    host=args.bind,
+                    port=ports[name],
+                    ready=lambda: gateway.ready,
+                    name=name,
+                    render=exposition.render,
+                )
+            except OSError as exc:
+                raise SystemExit(
+                    f"exporter: cannot listen on {args.bind}:{ports[name]} ({name} listener): {exc.strerror}"
+                ) from None
+            servers[name] = server.start()
+            log.info("%s listener on http://%s:%d/metrics", name, args.bind, server.port)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
     return servers
 
 
-async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+async def main(
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    kinds: Sequence[Kind] | None = None,
+) -> int:
+    if kinds is None:
+        from services.kinds import load_kinds
+
+        kinds = load_kinds()
     nc = await bus.connect(bus.nats_config_from_args(args), name=SERVICE)
-    gateway = Gateway(nc)
-    servers = start_listeners(gateway, args)
+    gateway = Gateway(nc, kinds)
+    try:
+        servers = start_listeners(gateway, args)
+    except BaseException:
+        await bus.drain(nc)
+        raise
+    watcher = asyncio.get_running_loop().create_task(_signal_ready(gateway, ready)) if ready else None
     try:
         await gateway.run(stop, lag_interval=args.lag_interval)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for server in servers.values():
             server.stop()
         await bus.drain(nc)
     log.info("exporter stopped")
     return 0
+
+
+async def _signal_ready(gateway: Gateway, ready: asyncio.Event) -> None:
+    while not gateway.ready:  # noqa: ASYNC110 - readiness is a property of the served snapshot, polled
+        await asyncio.sleep(0.05)
+    ready.set()

@@ -1,24 +1,25 @@
 """What the gateway knows: the newest generation of every run's manifest and results, the latest run's
-scenarios, and counts of error events. Updated from NATS, read by the snapshot builder. No I/O."""
+scenarios, and counts of error events. Updated from NATS, read by the snapshot builder. No I/O.
+
+Which kinds exist, what their results look like and which families they export all come from the kinds
+registry (services/kinds.py); nothing here names a kind.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.exporter.families import (
-    Family,
-    RunView,
-    cost_families,
-    non_empty,
-    qoe_families,
-    results_families,
-    up_family,
-)
-from shared.schemas import CostResult, ErrorEvent, ModelingResult, QoEResult, RunManifest, ScenarioMessage
+from shared.families import Family, RunView, non_empty, up_family
+from shared.kinds import LEGACY_LISTENERS, Kind
+from shared.schemas import ErrorEvent, ResultEnvelope, RunManifest, ScenarioMessage
 
-Result = ModelingResult | CostResult | QoEResult
+log = logging.getLogger("exporter")
+
+Result = ResultEnvelope
 
 SERVICE_INGEST = "ingest"
 #: ErrorEvent reasons of the ingest service that reject a file (enrichment_failed does not).
@@ -31,8 +32,24 @@ INGEST_REJECTION_REASONS = (
     "unreadable",
     "scenario_too_large",
 )
-WORKER_KINDS = ("modeling", "cost", "qoe")
-WORKER_ERROR_REASONS = ("compute_failed", "bad_message", "schema_version")
+WORKER_ERROR_REASONS = ("compute_failed", "bad_message", "schema_version", "result_too_large", "crashed")
+#: The "up"/"alive" family each legacy listener always shows, as the old exporters did.
+ALIVE_FAMILIES = {
+    "results": ("results_exporter_up", "Results exporter is running"),
+    "cost": ("cost_exporter_alive", "Cost exporter is alive"),
+}
+
+
+def listener_groups(kinds: Sequence[Kind]) -> dict[str, tuple[str, ...]]:
+    """Snapshot groups served by each listener: the gateway's own (``metrics``) serves every group; each
+    legacy listener its alive family and the kinds that name it. Order is the old exporters' order."""
+    legacy: dict[str, tuple[str, ...]] = {}
+    for listener in LEGACY_LISTENERS:
+        alive = (f"{listener}_alive",) if listener in ALIVE_FAMILIES else ()
+        legacy[listener] = alive + tuple(k.name for k in kinds if k.listener == listener)
+    others = tuple(k.name for k in kinds if k.listener is None)
+    everything = tuple(g for groups in legacy.values() for g in groups) + others + ("health",)
+    return {"metrics": everything, **legacy}
 
 
 @dataclass
@@ -43,6 +60,8 @@ class GatewayState:
     results: dict[tuple[str, str], Result] = field(default_factory=dict)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     received: Counter[str] = field(default_factory=Counter)
+    #: Families a kind failed to build (a bad run must cost its own metrics, never the whole gateway).
+    family_errors: Counter[str] = field(default_factory=Counter)
     version: int = 0
 
     def add_manifest(self, manifest: RunManifest) -> bool:
@@ -56,11 +75,12 @@ class GatewayState:
         self.version += 1
         return True
 
-    def add_result(self, result: Result) -> bool:
-        key = (result.kind, result.run_id)
-        self.received[result.kind] += 1
+    def add_result(self, kind: str, result: Result) -> bool:
+        run_id = result.run_id
+        key = (kind, run_id)
+        self.received[kind] += 1
         latest = self.latest_run_id
-        if latest is not None and result.run_id < latest:
+        if latest is not None and run_id < latest:
             return False  # an older run's result: counted, not kept
         current = self.results.get(key)
         if current is not None and current.generation > result.generation:
@@ -98,18 +118,8 @@ class GatewayState:
         if manifest is None or manifest.run_id not in self.scenarios:
             return None
         _, scenarios = self.scenarios[manifest.run_id]
-
-        def get(kind: str) -> Result | None:
-            return self.results.get((kind, manifest.run_id))
-
-        modeling, cost, qoe = get("modeling"), get("cost"), get("qoe")
-        return RunView(
-            manifest=manifest,
-            scenarios=scenarios,
-            modeling=modeling if isinstance(modeling, ModelingResult) else None,
-            cost=cost if isinstance(cost, CostResult) else None,
-            qoe=qoe if isinstance(qoe, QoEResult) else None,
-        )
+        results = {kind: r for (kind, run_id), r in self.results.items() if run_id == manifest.run_id}
+        return RunView(manifest=manifest, scenarios=scenarios, results=results)
 
 
 @dataclass(frozen=True)
@@ -123,24 +133,35 @@ class Snapshot:
         return [f for g in groups for f in self.groups.get(g, [])]
 
 
-def build_snapshot(state: GatewayState, health: list[Family]) -> Snapshot:
-    view = state.view()
-    groups: dict[str, list[Family]] = {
-        "results_up": [up_family("results_exporter_up", "Results exporter is running")],
-        "cost_alive": [up_family("cost_exporter_alive", "Cost exporter is alive")],
-        "results": [],
-        "cost": [],
-        "qoe": [],
-        "health": health,
+def kind_groups(view: RunView | None, kinds: Sequence[Kind], errors: Counter[str]) -> dict[str, list[Family]]:
+    """Every kind's families for the latest run (pure; may run in a worker thread)."""
+    groups: dict[str, list[Family]] = {}
+    for kind in kinds:
+        groups[kind.name] = []
+        if view is None:
+            continue
+        try:
+            groups[kind.name] = non_empty(kind.families(view))
+        except Exception:
+            # Isolate a run that the kind's families cannot render: its metrics are missing, the gateway and
+            # every other kind keep serving, and the failure is logged and counted.
+            errors[kind.name] += 1
+            log.exception("%s families of run %s could not be built", kind.name, view.manifest.run_id)
+    return groups
+
+
+def build_snapshot(version: int, health: list[Family], groups: dict[str, list[Family]]) -> Snapshot:
+    out: dict[str, list[Family]] = {
+        f"{listener}_alive": [up_family(name, help_)] for listener, (name, help_) in ALIVE_FAMILIES.items()
     }
-    if view is not None:
-        groups["results"] = non_empty(results_families(view))
-        groups["cost"] = non_empty(cost_families(view))
-        groups["qoe"] = non_empty(qoe_families(view))
-    return Snapshot(version=state.version, groups=groups)
+    out.update(groups)
+    out["health"] = health
+    return Snapshot(version=version, groups=out)
 
 
-def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[int, int]]) -> list[Family]:
+def health_families(
+    state: GatewayState, *, ready: bool, lag: dict[str, tuple[int, int]], kinds: Sequence[Kind]
+) -> list[Family]:
     """The gateway's own metrics: readiness, what it has seen, errors reported by services, consumer lag."""
     out = []
     up = Family("transcode_gateway_ready", "1 when connected to NATS and caught up with every stream")
@@ -163,10 +184,10 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
             "Latest run: seconds from ingest to each worker's result",
             ("kind",),
         )
-        for kind in ("modeling", "cost", "qoe"):
-            result = state.results.get((kind, manifest.run_id))
+        for kind in kinds:
+            result = state.results.get((kind.name, manifest.run_id))
             if result is not None:
-                latency.add((kind,), max(0.0, result.computed_at - manifest.ingested_at))
+                latency.add((kind.name,), max(0.0, result.computed_at - manifest.ingested_at))
         out.append(latency)
         age = Family("transcode_latest_run_age_seconds", "Seconds since the latest run was ingested")
         age.add((), max(0.0, time.time() - manifest.ingested_at))
@@ -174,9 +195,18 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
     received = Family(
         "transcode_gateway_results_received", "Result messages received, by kind", ("kind",), kind="counter"
     )
-    for kind in ("modeling", "cost", "qoe"):
-        received.add((kind,), state.received.get(kind, 0))
+    for kind in kinds:
+        received.add((kind.name,), state.received.get(kind.name, 0))
     out.append(received)
+    family_errors = Family(
+        "transcode_gateway_family_errors",
+        "Times a kind's metric families could not be built for the latest run",
+        ("kind",),
+        kind="counter",
+    )
+    for kind in kinds:
+        family_errors.add((kind.name,), state.family_errors.get(kind.name, 0))
+    out.append(family_errors)
     rejected = Family(
         "transcode_ingest_rejected_files",
         "Results files rejected by ingest, by reason",
@@ -195,7 +225,7 @@ def health_families(state: GatewayState, *, ready: bool, lag: dict[str, tuple[in
     )
     # Known reasons start at 0, so the first rejection is an increase() that alerts can see.
     counts = Counter({(SERVICE_INGEST, reason): 0 for reason in INGEST_REJECTION_REASONS})
-    counts.update({(service, reason): 0 for service in WORKER_KINDS for reason in WORKER_ERROR_REASONS})
+    counts.update({(k.name, reason): 0 for k in kinds for reason in WORKER_ERROR_REASONS})
     counts.update(state.errors)
     for (service, reason), count in sorted(counts.items()):
         errors.add((service, reason), count)

@@ -44,7 +44,8 @@ from shared.resultsfile import (
     is_results_file_name,
     run_digest,
 )
-from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, RunManifest, ScenarioMessage, Telemetry
+from shared.runs import latest_manifest, load_scenarios
+from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, Telemetry
 
 log = logging.getLogger("ingest")
 
@@ -564,13 +565,10 @@ async def load_published_run(js: JetStreamContext, publisher: RunPublisher, run_
     except KeyNotFoundError:
         return None
     record = msgspec.json.decode(entry.value or b"", type=IngestRecord)
-    digest = run_digest(record.run_id, record.file_sha256)
-    raw = await js.get_last_msg(subjects.INGEST_STREAM, subjects.run_subject(digest))
-    manifest = msgspec.json.decode(raw.data or b"", type=RunManifest)
-    messages = []
-    for index in range(manifest.scenario_count):
-        msg = await js.get_last_msg(subjects.INGEST_STREAM, subjects.scenario_subject(digest, index))
-        messages.append(msgspec.json.decode(msg.data or b"", type=ScenarioMessage))
+    manifest = await latest_manifest(js, run_digest(record.run_id, record.file_sha256))
+    if manifest is None:
+        return None
+    messages = await load_scenarios(js, manifest)
     results = ResultsFile(
         scenarios=[m.scenario for m in messages],
         test_date=manifest.test_date,
@@ -623,7 +621,7 @@ async def one_shot(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
+async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
     if args.reenrich:
         return await reenrich(args, args.reenrich)
     if args.files:
@@ -651,9 +649,12 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
         )
         status.start()
         log.info("ingest status on http://%s:%d/metrics", args.bind, status.port)
+    announce = asyncio.ensure_future(_announce(service, ready)) if ready is not None else None
     try:
         await service.run(stop)
     finally:
+        if announce is not None:
+            announce.cancel()
         if status is not None:
             status.stop()
         if enricher is not None:
@@ -661,3 +662,8 @@ async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
         await bus.drain(nc)
     log.info("ingest stopped")
     return 0
+
+
+async def _announce(service: IngestService, ready: asyncio.Event) -> None:
+    await service.scan_done.wait()
+    ready.set()

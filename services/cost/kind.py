@@ -1,24 +1,21 @@
-"""Cost worker: load-aware energy and compute cost, per-pixel and per-watch-hour cost, hourly and monthly
-projections, CO2, and savings against the idle baseline, for every ingested run.
+"""The ``cost`` kind: load-aware energy and compute cost, per-pixel and per-watch-hour cost, hourly and
+monthly projections, CO2, and savings against the idle baseline, for every ingested run.
 
 Pricing flags and defaults are the old cost exporter's, so a user who changes nothing gets the numbers they
 got before: region ``default``; energy price from the region when ``--energy-cost`` is absent or 0; CPU and
-GPU price 0; currency USD.
+GPU price 0; currency USD. Its families appear on the legacy cost listener (:9504) as ``cost_*``/``co2_*``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import subjects
 from shared.config import flag, non_negative_float, positive_float
 from shared.cost import CostModel, project
-from shared.integration import mean
+from shared.families import COST_LABELS, Family, RunView, Spec, cost_labels, per_scenario, unique
+from shared.kinds import Kind
 from shared.parsing import find_baseline, scenario_duration_s, total_pixels
 from shared.pricing import (
     DEFAULT_ELECTRICITY_MAPS_URL,
@@ -27,12 +24,10 @@ from shared.pricing import (
     RegionalPricing,
     effective_energy_price,
 )
-from shared.schemas import CostResult, CostScenario, Scenario
-from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, add_worker_arguments, run_worker_service
-
-log = logging.getLogger("cost")
-SERVICE = "cost"
+from shared.runs import RunInput, make_result
+from shared.schemas import CostResult, CostScenario
+from shared.telemetry import cost_mean_power_w, resolve
+from shared.units import HOURS_PER_MONTH
 
 
 def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +74,6 @@ def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
         secret=True,
         help="Electricity Maps API token for live carbon intensity",
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_worker_arguments(parser)
-    add_pricing_arguments(parser)
     flag(
         parser,
         "--electricity-maps-url",
@@ -91,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ELECTRICITY_MAPS_URL,
         help="Electricity Maps API base URL",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_pricing_arguments(parser)
     flag(
         parser,
         "--viewers",
@@ -103,10 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class CostSettings:
-    model_prices: tuple[float | None, float, float]
+    energy_cost_per_kwh: float | None
+    cpu_cost_per_hour: float
+    gpu_cost_per_hour: float
     currency: str
     pricing: RegionalPricing
-    viewers: float | None = None
+    viewers: float | None
 
 
 def settings_from_args(args: argparse.Namespace) -> CostSettings:
@@ -115,37 +111,31 @@ def settings_from_args(args: argparse.Namespace) -> CostSettings:
     if args.electricity_maps_token:
         live = ElectricityMapsClient(args.electricity_maps_token, base_url=args.electricity_maps_url)
     return CostSettings(
-        model_prices=(args.energy_cost, args.cpu_cost, args.gpu_cost),
+        energy_cost_per_kwh=args.energy_cost,
+        cpu_cost_per_hour=args.cpu_cost,
+        gpu_cost_per_hour=args.gpu_cost,
         currency=args.currency,
         pricing=RegionalPricing(args.region, config, live),
-        viewers=args.viewers,
+        viewers=getattr(args, "viewers", None),
     )
-
-
-def _baseline_power(
-    scenarios: list[Scenario], resolved: list[ResolvedTelemetry]
-) -> tuple[int | None, float | None]:
-    """The run's baseline and its mean power (W) of the cost power series."""
-    index = find_baseline(scenarios)
-    if index is None:
-        return None, None
-    return index, mean(resolved[index].cost_power_w)
 
 
 def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
     """Pure apart from the (cached) carbon-intensity lookup."""
-    started = time.perf_counter()
-    energy_price = effective_energy_price(settings.model_prices[0], settings.pricing)
+    energy_price = effective_energy_price(settings.energy_cost_per_kwh, settings.pricing)
     intensity = settings.pricing.co2_intensity()
     model = CostModel(
         energy_cost_per_kwh=energy_price.value,
-        cpu_cost_per_hour=settings.model_prices[1],
-        gpu_cost_per_hour=settings.model_prices[2],
+        cpu_cost_per_hour=settings.cpu_cost_per_hour,
+        gpu_cost_per_hour=settings.gpu_cost_per_hour,
         currency=settings.currency,
     )
     scenarios = [m.scenario for m in run.scenarios]
     resolved = [resolve(m.scenario, m.enriched) for m in run.scenarios]
-    baseline_index, baseline_power = _baseline_power(scenarios, resolved)
+    durations = [scenario_duration_s(s) for s in scenarios]
+    powers = [cost_mean_power_w(t, d) for t, d in zip(resolved, durations, strict=True)]
+    baseline_index = find_baseline(scenarios)
+    baseline_power = powers[baseline_index] if baseline_index is not None else None
     out = []
     for index, (scenario, tel) in enumerate(zip(scenarios, resolved, strict=True)):
         notes = []
@@ -154,12 +144,12 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
             cpu_cores=tel.cpu_cores,
             gpu=tel.gpu_usage,
             total_pixels=total_pixels(scenario),
-            duration_s=scenario_duration_s(scenario),
+            duration_s=durations[index],
             viewers=scenario.viewers if scenario.viewers is not None else settings.viewers,
         )
         if costs.total is None:
             notes.append(tel.missing_reason or "no power or CPU telemetry")
-        mean_power = mean(tel.cost_power_w)
+        mean_power = powers[index]
         projection = None
         if mean_power is not None:
             projection = project(model, mean_power, intensity.value, baseline_power)
@@ -183,11 +173,9 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
                 notes=notes,
             )
         )
-    manifest = run.manifest
-    return CostResult(
-        run_id=manifest.run_id,
-        digest=manifest.digest,
-        generation=manifest.generation,
+    return make_result(
+        CostResult,
+        run,
         currency=settings.currency,
         region=settings.pricing.region,
         energy_price_per_kwh=energy_price.value,
@@ -199,16 +187,74 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
         baseline_index=baseline_index,
         baseline_power_w=baseline_power,
         scenarios=out,
-        computed_at=time.time(),
-        compute_seconds=time.perf_counter() - started,
     )
 
 
-async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    settings = settings_from_args(args)
+def families(view: RunView) -> list[Family]:
+    c = view.result("cost", CostResult)
+    if c is None:
+        return []
+    cur = c.currency
+    month = f"{HOURS_PER_MONTH:g} h"
+    specs: list[Spec] = [
+        (
+            "cost_total_load_aware",
+            f"Total cost ({cur}) - load-aware: energy + compute",
+            lambda x: x.total_cost,
+        ),
+        (
+            "cost_energy_load_aware",
+            f"Energy cost ({cur}) - integral of power x price per J",
+            lambda x: x.energy_cost,
+        ),
+        (
+            "cost_compute_load_aware",
+            f"Compute cost ({cur}) - core-seconds x price per core-second",
+            lambda x: x.compute_cost,
+        ),
+        ("cost_per_pixel", f"Cost per pixel delivered ({cur}/pixel)", lambda x: x.cost_per_pixel),
+        (
+            "cost_per_watch_hour",
+            f"Cost per viewer watch hour ({cur}/watch-hour)",
+            lambda x: x.cost_per_watch_hour,
+        ),
+        (
+            "cost_usd_per_hour",
+            f"Energy cost per hour at mean power ({cur}/h; named USD for compatibility)",
+            lambda x: x.cost_per_hour,
+        ),
+        (
+            "cost_monthly_projection",
+            f"Energy cost of running {month} ({cur}/month)",
+            lambda x: x.monthly_cost,
+        ),
+        (
+            "cost_monthly_savings",
+            f"Baseline monthly cost - this scenario's ({cur}/month; negative above idle)",
+            lambda x: x.monthly_savings,
+        ),
+        (
+            "co2_emissions_kg_per_hour",
+            "CO2 emitted per hour at mean power (kg/h)",
+            lambda x: x.co2_kg_per_hour,
+        ),
+        ("co2_monthly_projection", f"CO2 of running {month} (kg/month)", lambda x: x.co2_monthly_kg),
+        (
+            "co2_monthly_avoided",
+            "Baseline monthly CO2 - this scenario's (kg/month; negative above idle)",
+            lambda x: x.co2_monthly_avoided_kg,
+        ),
+    ]
+    labelsets = unique([cost_labels(m.scenario, cur) for m in view.scenarios], position=0)
+    return per_scenario(specs, COST_LABELS, view.scenarios, labelsets, {x.index: x for x in c.scenarios})
 
-    async def compute(run: RunInput) -> CostResult:
-        # The carbon-intensity lookup may block on the network (5 s timeout): keep it off the event loop.
-        return await asyncio.to_thread(compute_costs, run, settings)
 
-    return await run_worker_service(args, stop, kind=SERVICE, durable=subjects.CONSUMER_COST, compute=compute)
+KIND = Kind(
+    name="cost",
+    result=CostResult,
+    add_arguments=add_arguments,
+    settings=settings_from_args,
+    families=families,
+    compute=compute_costs,
+    listener="cost",
+)

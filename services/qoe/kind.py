@@ -1,17 +1,18 @@
-"""QoE worker: VMAF, PSNR, SSIM, frame-drop rate, quality per watt and QoE efficiency for every ingested run.
+"""The ``qoe`` kind: VMAF, PSNR, SSIM, frame-drop rate, quality per watt and QoE efficiency of every run.
 
 Scores come from the results file. When a scenario has none but names a ``reference_file`` and an
 ``output_file``, and ffmpeg is installed, PSNR is computed with ffmpeg's ``psnr`` filter (and VMAF with
 ``libvmaf`` when ffmpeg has it), within ``--ffmpeg-timeout``; video paths are resolved under ``--media-root``
 and may not leave it. Invalid scores (NaN, out of range) are rejected with a reason, never exported.
-Quality per watt and QoE efficiency use the enriched/inline telemetry (the old exporter needed a ``power``
-block that nothing wrote: B-Q2), and the time spent is measured (B-Q1).
+Quality per watt and QoE efficiency are shared.scoring's formulas over the one mean-power definition
+(shared.telemetry.scenario_mean_power_w, with the GPU's stated mean as the old exporter added it); the old
+exporter needed a ``power`` block that nothing wrote (B-Q2), and reported 0 s for the time it spent (B-Q1).
+Its families appear on the legacy QoE listener (:9503).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
 import shutil
@@ -20,23 +21,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import subjects
 from shared.config import flag, positive_float
-from shared.parsing import measured_duration_s, total_pixels
+from shared.families import QOE_LABELS, Family, RunView, Spec, legacy_scenario_label, per_scenario, unique
+from shared.kinds import Kind
+from shared.parsing import measured_duration_s
+from shared.runs import RunInput, make_result
 from shared.schemas import QoEResult, QoEScenario, Scenario
-from shared.scoring import ScoreError, validate_psnr, validate_ssim, validate_vmaf
-from shared.telemetry import ResolvedTelemetry, resolve
-from shared.worker import RunInput, add_worker_arguments, run_worker_service
+from shared.scoring import (
+    Measured,
+    ScoreError,
+    qoe_efficiency,
+    quality_per_watt,
+    validate_psnr,
+    validate_ssim,
+    validate_vmaf,
+)
+from shared.telemetry import ResolvedTelemetry, resolve, scenario_mean_power_w
 
 log = logging.getLogger("qoe")
-SERVICE = "qoe"
 
 _PSNR_RE = re.compile(r"PSNR .*?average:(?P<avg>[0-9.]+|inf)")
 _VMAF_RE = re.compile(r"VMAF score[:=]\s*(?P<score>[0-9.]+)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_worker_arguments(parser)
     flag(
         parser,
         "--media-root",
@@ -58,9 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class QoESettings:
-    media_root: Path = Path()
-    ffmpeg: str | None = None
-    ffmpeg_timeout_s: float = 600.0
+    media_root: Path
+    #: Resolved path of ffmpeg, None when it is not installed.
+    ffmpeg: str | None
+    ffmpeg_timeout_s: float
+
+
+def settings_from_args(args: argparse.Namespace) -> QoESettings:
+    return QoESettings(
+        media_root=Path(args.media_root),
+        ffmpeg=shutil.which(args.ffmpeg),
+        ffmpeg_timeout_s=args.ffmpeg_timeout,
+    )
 
 
 def parse_psnr(stderr: str) -> float | None:
@@ -128,17 +145,6 @@ def ffmpeg_scores(scenario: Scenario, settings: QoESettings) -> tuple[dict[str, 
     return scores, problems
 
 
-def _mean_power_w(scenario: Scenario, tel: ResolvedTelemetry) -> float | None:
-    """Mean power for quality per watt: measured energy / duration, else the sample or summary mean; plus the
-    GPU's mean power when the file gives one (as the old scorer)."""
-    d = measured_duration_s(scenario)
-    energy = tel.energy_or_integral_j()
-    cpu = energy / d if energy is not None and d else tel.mean_power_w()
-    if cpu is None:
-        return None
-    return cpu + (tel.gpu_mean_power_w or 0.0)
-
-
 def qoe_of(index: int, scenario: Scenario, tel: ResolvedTelemetry, settings: QoESettings) -> QoEScenario:
     started = time.perf_counter()
     rejected: dict[str, str] = {}
@@ -176,19 +182,21 @@ def qoe_of(index: int, scenario: Scenario, tel: ResolvedTelemetry, settings: QoE
                 f"{scenario.total_frames} is not a rate"
             )
     vmaf = valid.get("vmaf_score")
-    power = _mean_power_w(scenario, tel)
-    energy = tel.energy_or_integral_j()
-    pixels = total_pixels(scenario, measured_duration_s(scenario))
+    duration = measured_duration_s(scenario)
+    measured = Measured(
+        mean_power_w=scenario_mean_power_w(tel, duration, include_gpu=True),
+        energy_j=tel.energy_or_integral_j(),
+        duration_s=duration,
+        vmaf=vmaf,
+    )
     return QoEScenario(
         index=index,
         vmaf_score=vmaf,
         psnr_score=valid.get("psnr_score"),
         ssim_score=valid.get("ssim_score"),
         drop_rate=drop_rate,
-        quality_per_watt=vmaf / power if vmaf is not None and power and power > 0 else None,
-        qoe_efficiency_score=(
-            pixels * vmaf / 100.0 / energy if vmaf is not None and pixels and energy and energy > 0 else None
-        ),
+        quality_per_watt=quality_per_watt(scenario, measured).value if vmaf is not None else None,
+        qoe_efficiency_score=qoe_efficiency(scenario, measured).value if vmaf is not None else None,
         source=source,
         computation_seconds=time.perf_counter() - started,
         rejected=rejected,
@@ -196,30 +204,46 @@ def qoe_of(index: int, scenario: Scenario, tel: ResolvedTelemetry, settings: QoE
 
 
 def compute_qoe(run: RunInput, settings: QoESettings) -> QoEResult:
-    started = time.perf_counter()
     scenarios = [
         qoe_of(i, m.scenario, resolve(m.scenario, m.enriched), settings) for i, m in enumerate(run.scenarios)
     ]
     for s in scenarios:
         for metric, reason in s.rejected.items():
             log.warning("%s scenario %d: %s rejected: %s", run.manifest.run_id, s.index, metric, reason)
-    m = run.manifest
-    return QoEResult(
-        run_id=m.run_id,
-        digest=m.digest,
-        generation=m.generation,
-        scenarios=scenarios,
-        computed_at=time.time(),
-        compute_seconds=time.perf_counter() - started,
-    )
+    return make_result(QoEResult, run, scenarios=scenarios)
 
 
-async def main(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    settings = QoESettings(
-        media_root=args.media_root, ffmpeg=shutil.which(args.ffmpeg), ffmpeg_timeout_s=args.ffmpeg_timeout
-    )
+def families(view: RunView) -> list[Family]:
+    qoe = view.result("qoe", QoEResult)
+    if qoe is None:
+        return []
+    specs: list[Spec] = [
+        ("qoe_vmaf_score", "VMAF quality score (0-100)", lambda q: q.vmaf_score),
+        ("qoe_psnr_score", "PSNR (dB)", lambda q: q.psnr_score),
+        ("qoe_quality_per_watt", "VMAF per watt of mean power (VMAF/W)", lambda q: q.quality_per_watt),
+        (
+            "qoe_efficiency_score",
+            "Quality-weighted pixels per joule: pixels x VMAF/100 / J",
+            lambda q: q.qoe_efficiency_score,
+        ),
+        (
+            "qoe_computation_duration_seconds",
+            "Time spent computing the quality figures (seconds)",
+            lambda q: q.computation_seconds,
+        ),
+        ("qoe_ssim_score", "SSIM (0-1)", lambda q: q.ssim_score),
+        ("qoe_drop_rate", "Dropped frames / total frames (ratio)", lambda q: q.drop_rate),
+    ]
+    labelsets = unique([(legacy_scenario_label(m.scenario.name),) for m in view.scenarios], position=0)
+    return per_scenario(specs, QOE_LABELS, view.scenarios, labelsets, {q.index: q for q in qoe.scenarios})
 
-    async def compute(run: RunInput) -> QoEResult:
-        return await asyncio.to_thread(compute_qoe, run, settings)
 
-    return await run_worker_service(args, stop, kind=SERVICE, durable=subjects.CONSUMER_QOE, compute=compute)
+KIND = Kind(
+    name="qoe",
+    result=QoEResult,
+    add_arguments=add_arguments,
+    settings=settings_from_args,
+    families=families,
+    compute=compute_qoe,
+    listener="qoe",
+)

@@ -1,0 +1,85 @@
+"""What a result kind is: everything the CLI, ``up``, a worker and the gateway need to know about one kind.
+
+A kind turns every ingested run into one result message on ``te.results.<name>.<digest>`` and contributes
+metric families to the gateway. Each kind lives in one module (``services/<kind>/kind.py``) that defines a
+``KIND = Kind(...)``; the list of kinds (name, module, one-line description) is written once, in
+services/kinds.py. Nothing else enumerates them:
+subjects, durable consumers, CLI subcommands, ``up``'s services, and the gateway's decoders, state, consumer
+lag and health all derive from that list.
+
+Kind modules stay light to import (msgspec, argparse, the pure families code): the gateway imports every
+kind for its decoders and families. Heavy work (numpy for model fitting) is imported inside ``open``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shared.families import Family, RunView
+from shared.runs import RunInput
+from shared.schemas import ResultEnvelope
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+#: The legacy listeners a kind's families may also appear on (besides the gateway's own :9520).
+LEGACY_LISTENERS = ("results", "qoe", "cost")
+
+
+class Computer(Protocol):
+    """A kind's computation once started: stateful kinds (KV, request/reply endpoints) hold their state."""
+
+    async def compute(self, run: RunInput) -> ResultEnvelope: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    #: Subject token (``te.results.<name>.*``), durable consumer name, service name and CLI subcommand.
+    name: str
+    #: The published result Struct; the gateway decodes with it.
+    result: type[ResultEnvelope]
+    #: The kind's own flags (every flag declared once, with its env var and default).
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    #: Settings from parsed flags (the only way settings are built, tests included).
+    settings: Callable[[argparse.Namespace], Any]
+    #: Families this kind contributes to the gateway for the latest run.
+    families: Callable[[RunView], list[Family]]
+    #: Pure computation ``(run, settings) -> result``, run in a worker thread (off the event loop).
+    compute: Callable[[RunInput, Any], ResultEnvelope] | None = None
+    #: For stateful kinds instead of ``compute``: ``await open(nc, settings)`` gives a Computer.
+    open: Callable[[NATS, Any], Awaitable[Computer]] | None = None
+    #: The legacy listener (``results``, ``qoe``, ``cost``) whose scrape also shows this kind's families.
+    listener: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.compute is None) == (self.open is None):
+            raise ValueError(f"kind {self.name!r}: give exactly one of compute= or open=")
+        if self.listener is not None and self.listener not in LEGACY_LISTENERS:
+            raise ValueError(f"kind {self.name!r}: unknown listener {self.listener!r}")
+
+
+class _ThreadComputer:
+    def __init__(self, fn: Callable[[RunInput, Any], ResultEnvelope], settings: Any) -> None:
+        self.fn = fn
+        self.settings = settings
+
+    async def compute(self, run: RunInput) -> ResultEnvelope:
+        # CPU-bound (and, for cost, a network lookup with a timeout): keep it off the event loop so scrapes
+        # and ingestion in the same process never stall.
+        return await asyncio.to_thread(self.fn, run, self.settings)
+
+    async def close(self) -> None:
+        return None
+
+
+async def open_computer(kind: Kind, nc: NATS, settings: Any) -> Computer:
+    if kind.open is not None:
+        return await kind.open(nc, settings)
+    assert kind.compute is not None
+    return _ThreadComputer(kind.compute, settings)

@@ -1,0 +1,71 @@
+"""Reading a published run back from the ingest stream: the one run loader every service uses.
+
+A run is its manifest (``te.ingest.run.<digest>``) plus one message per scenario
+(``te.ingest.scenario.<digest>.<index>``); the ingest stream keeps one message per subject, so a direct get
+by subject returns the newest copy of each.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from shared import subjects
+from shared.schemas import ResultEnvelope, RunManifest, ScenarioMessage
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+R = TypeVar("R", bound=ResultEnvelope)
+
+_MANIFEST = msgspec.json.Decoder(RunManifest)
+_SCENARIO = msgspec.json.Decoder(ScenarioMessage)
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """What a worker computes from: the manifest and every scenario message of one run generation."""
+
+    manifest: RunManifest
+    scenarios: list[ScenarioMessage]
+    #: perf_counter() when the run was loaded; results report the compute time from here.
+    started: float = field(default_factory=time.perf_counter)
+
+
+def make_result(cls: type[R], run: RunInput, **fields: Any) -> R:
+    """The one result envelope: identity of the run generation plus when and how long, then the kind's own
+    fields. Every result Struct derives from ``shared.schemas.ResultEnvelope``."""
+    m = run.manifest
+    return cls(
+        run_id=m.run_id,
+        digest=m.digest,
+        generation=m.generation,
+        computed_at=time.time(),
+        compute_seconds=time.perf_counter() - run.started,
+        **fields,
+    )
+
+
+async def latest_manifest(js: JetStreamContext, digest: str) -> RunManifest | None:
+    """The newest manifest stored for this digest, or None."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        raw = await js.get_last_msg(subjects.INGEST_STREAM, subjects.run_subject(digest), direct=True)
+    except NotFoundError:
+        return None
+    return _MANIFEST.decode(raw.data or b"")
+
+
+async def load_scenarios(js: JetStreamContext, manifest: RunManifest) -> list[ScenarioMessage]:
+    """Every scenario message of the run, in file order."""
+    scenarios = []
+    for index in range(manifest.scenario_count):
+        raw = await js.get_last_msg(
+            subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
+        )
+        scenarios.append(_SCENARIO.decode(raw.data or b""))
+    return scenarios
