@@ -308,7 +308,9 @@ def advise(
 ) -> AdviceResult:
     """Advice for one run (see the module docstring). ``scenarios`` are the run's scenarios in file order;
     the worker results are matched to them by ``index``. Any result may be None: what depends on it is then
-    missing, with a reason in ``missing_reasons`` or ``notes``."""
+    missing, with a reason in ``missing_reasons`` or ``notes``.
+
+    Raises :class:`shared.scoring.ScoreError` (a ValueError) when ``min_vmaf`` is not a VMAF in 0..100."""
     if min_vmaf is not None:
         validate_vmaf(min_vmaf)
     notes: list[str] = []
