@@ -6,6 +6,7 @@ Pure functions over :class:`Candidate` rows. Higher scores are better; scenarios
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -125,3 +126,39 @@ def summarize(candidates: Sequence[Candidate]) -> Summary:
         power_range_w=(min(powers), max(powers)) if powers else None,
         unit=candidates[0].unit if candidates else None,
     )
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices (ascending, i.e. input order) of the points no other point dominates, minimising x and
+    maximising y (x = a cost such as currency per stream-hour, y = a benefit such as VMAF).
+
+    Point j dominates point i when x_j <= x_i and y_j >= y_i and at least one of the two is strict.
+
+    * Duplicates: identical points do not dominate each other, so every copy of a non-dominated point is on
+      the front (the caller decides how to present equals; dropping one would be arbitrary).
+    * Equal x: only the points with the highest y at that x can be on the front.
+    * A point with a NaN coordinate is never on the front and never dominates (it cannot be compared).
+      Infinite values compare as numbers (x = +inf is on the front only with the highest y of all).
+
+    O(n log n): sort by x ascending; a group of equal x is on the front exactly when its best y beats the
+    best y of every point with a strictly smaller x.
+    """
+    finite = [i for i, (x, y) in enumerate(points) if not (math.isnan(x) or math.isnan(y))]
+    finite.sort(key=lambda i: points[i][0])
+    front: list[int] = []
+    best_y_left = -math.inf  # best y among points of strictly smaller x
+    position = 0
+    while position < len(finite):
+        x = points[finite[position]][0]
+        group_end = position
+        while group_end < len(finite) and points[finite[group_end]][0] == x:
+            group_end += 1
+        group = finite[position:group_end]
+        top_y = max(points[i][1] for i in group)
+        # The very first group has no point to its left: its best points are always on the front, even at
+        # y = -inf (nothing can beat them on x).
+        if top_y > best_y_left or position == 0:
+            front.extend(i for i in group if points[i][1] == top_y)
+        best_y_left = max(best_y_left, top_y)
+        position = group_end
+    return sorted(front)

@@ -379,6 +379,217 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Advice (shared/advice.py, shared/comparison.py, shared/planning.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class AdviceScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One non-baseline scenario as the advisor sees it: its score under every algorithm (units in the field
+    names), its ranks, whether it is on the cost/quality Pareto front and whether it is recommended.
+
+    Ranks start at 1 (best). A scenario without a score under an algorithm has no rank for it, and the
+    reason is in ``missing_reasons`` keyed by the algorithm name (``throughput_per_watt``, ...).
+    """
+
+    index: int
+    name: str | None = None
+    output_ladder: str = "unknown"
+    streams: int = 1
+    #: Measured figures (ModelingScenario) the scores were computed from.
+    mean_power_w: float | None = None
+    energy_j: float | None = None
+    duration_s: float | None = None
+    #: Validated VMAF used by the quality scores, and where it came from: ``qoe`` (QoE result) or ``file``.
+    vmaf: float | None = None
+    vmaf_source: str | None = None
+    #: bitrate Mbps x streams / mean power W.
+    throughput_mbps_per_watt: float | None = None
+    #: total pixels / energy J.
+    pixels_per_joule: float | None = None
+    #: VMAF / mean power W.
+    vmaf_per_watt: float | None = None
+    #: total pixels x VMAF/100 / energy J.
+    quality_weighted_pixels_per_joule: float | None = None
+    #: Why a score is missing, by algorithm name.
+    missing_reasons: dict[str, str] = {}
+    #: The ``auto`` algorithm for this scenario alone, and why.
+    auto_algorithm: str | None = None
+    auto_reason: str | None = None
+    #: Overall rank (1 = best) among the run's non-baseline scenarios, by algorithm name; scored ones only.
+    ranks: dict[str, int] = {}
+    #: Rank within its output ladder under ``AdviceResult.primary_algorithm`` (None when unscored).
+    ladder_rank: int | None = None
+    #: total cost / (duration h x streams), in ``AdviceResult.currency`` per stream-hour.
+    cost_per_stream_hour: float | None = None
+    #: mean power W / streams (gross, idle power included).
+    watts_per_stream: float | None = None
+    #: On the Pareto front of ``AdviceResult.pareto_x_metric`` (minimised) vs ``pareto_y_metric``
+    #: (maximised).
+    pareto: bool = False
+    #: Named by at least one recommendation.
+    recommended: bool = False
+    #: ``vmaf >= AdviceResult.min_vmaf`` (None without a threshold or without a VMAF).
+    meets_min_vmaf: bool | None = None
+
+
+class Recommendation(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One piece of advice: a scenario, the figure that earns it the place and one sentence saying so.
+
+    ``kind`` is ``best_overall``, ``best_in_ladder``, ``cheapest_per_stream_hour`` or
+    ``most_streams_per_watt``. ``value``/``unit`` is the cited figure; ``runner_up_*`` the next best
+    scenario it is compared with; ``ratio`` = value / runner-up value.
+    """
+
+    kind: str
+    index: int
+    name: str | None
+    justification: str
+    value: float
+    unit: str
+    #: The scoring algorithm behind ``value`` (``best_*`` kinds), else None.
+    algorithm: str | None = None
+    output_ladder: str | None = None
+    runner_up_index: int | None = None
+    runner_up_name: str | None = None
+    runner_up_value: float | None = None
+    ratio: float | None = None
+
+
+class AdviceResult(msgspec.Struct, kw_only=True):
+    """The advisor's answer for one run: every non-baseline scenario scored and ranked, the Pareto front and
+    a short, deterministic list of recommendations."""
+
+    run_id: str
+    digest: str
+    generation: int
+    #: The ``auto`` choice shared by most scenarios (ties: qoe_efficiency, then pixels_per_joule, then
+    #: throughput_per_watt); ladder ranks and ``best_overall`` use it. None for a run with no scenario.
+    primary_algorithm: str | None
+    primary_unit: str | None
+    primary_reason: str
+    #: Currency of every cost figure (from the cost result); None without one.
+    currency: str | None
+    min_vmaf: float | None
+    baseline_index: int | None
+    scenarios: list[AdviceScenario]
+    #: Output ladder id -> index of its best scenario under the primary algorithm (ladders with one scored).
+    best_per_ladder: dict[str, int]
+    #: ``cost_per_stream_hour`` or ``watts_per_stream`` (minimised); None when no front was computed.
+    pareto_x_metric: str | None
+    #: ``vmaf`` or ``pixels_per_joule`` (maximised).
+    pareto_y_metric: str | None
+    pareto_indices: list[int]
+    recommendations: list[Recommendation]
+    #: Why something could not be advised (no modeling result, no scenario meets min_vmaf, ...).
+    notes: list[str] = []
+    computed_at: float
+    compute_seconds: float
+    kind: str = "advice"
+    schema_version: int = SCHEMA_VERSION
+
+
+class ScenarioDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One configuration present in both runs: A and B side by side, ``delta_*`` = B - A and ``pct_*`` =
+    (B - A) / A x 100 (None when A is 0 or either side is missing)."""
+
+    #: The configuration both scenarios share, e.g. ``8 streams, 5 Mbps, 1280x720@30, cpu, h264, veryfast``.
+    configuration: str
+    a_index: int
+    b_index: int
+    a_name: str | None = None
+    b_name: str | None = None
+    a_mean_power_w: float | None = None
+    b_mean_power_w: float | None = None
+    delta_mean_power_w: float | None = None
+    pct_mean_power: float | None = None
+    a_energy_j: float | None = None
+    b_energy_j: float | None = None
+    delta_energy_j: float | None = None
+    pct_energy: float | None = None
+    a_pixels_per_joule: float | None = None
+    b_pixels_per_joule: float | None = None
+    delta_pixels_per_joule: float | None = None
+    pct_pixels_per_joule: float | None = None
+    #: Total cost in ``RunComparison.currency`` (None when the runs were costed in different currencies).
+    a_total_cost: float | None = None
+    b_total_cost: float | None = None
+    delta_total_cost: float | None = None
+    pct_total_cost: float | None = None
+    a_vmaf: float | None = None
+    b_vmaf: float | None = None
+    delta_vmaf: float | None = None
+    pct_vmaf: float | None = None
+    #: A's prediction interval for this configuration, W.
+    a_prediction_interval_low_w: float | None = None
+    a_prediction_interval_high_w: float | None = None
+    #: B's measured mean power lies outside A's prediction interval.
+    regression: bool = False
+    #: Why ``regression`` is set, or why it could not be judged.
+    regression_reason: str | None = None
+
+
+class UnmatchedScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A scenario of one run with no scenario of the same configuration left in the other."""
+
+    run: str
+    index: int
+    name: str | None = None
+    configuration: str = ""
+
+
+class RunComparison(msgspec.Struct, kw_only=True):
+    """Run B against run A, scenario by scenario, matched by configuration."""
+
+    a_run_id: str | None
+    b_run_id: str | None
+    #: Currency of the cost columns; None when either run has no cost result or they differ (see notes).
+    currency: str | None
+    deltas: list[ScenarioDelta]
+    unmatched: list[UnmatchedScenario]
+    #: Number of deltas with ``regression`` set.
+    regressions: int
+    notes: list[str] = []
+    schema_version: int = SCHEMA_VERSION
+
+
+class FleetPlan(msgspec.Struct, kw_only=True):
+    """Hosts, power, energy, money and CO2 to run ``streams`` streams of one configuration for a month
+    (30 days of ``hours_per_day``). ``*_low``/``*_high`` carry the per-host prediction interval through
+    (summed host by host: fully correlated, see shared/planning.py); None where an input was missing."""
+
+    streams: int
+    streams_per_host: int
+    hosts: int
+    #: Hosts running ``streams_per_host`` streams, and the streams on the last, partly filled host (0: none).
+    full_hosts: int
+    remainder_streams: int
+    hours_per_day: float
+    monthly_hours: float
+    currency: str
+    energy_price_per_kwh: float | None
+    co2_intensity_g_per_kwh: float | None
+    fleet_mean_power_w: float | None
+    fleet_power_low_w: float | None
+    fleet_power_high_w: float | None
+    energy_kwh_per_month: float | None
+    energy_kwh_per_month_low: float | None
+    energy_kwh_per_month_high: float | None
+    energy_cost_per_month: float | None
+    energy_cost_per_month_low: float | None
+    energy_cost_per_month_high: float | None
+    #: hosts x cores per host x price per core-hour x monthly hours (no interval: it does not depend on power).
+    compute_cost_per_month: float | None
+    co2_kg_per_month: float | None
+    co2_kg_per_month_low: float | None
+    co2_kg_per_month_high: float | None
+    #: Why a figure is missing or how it was approximated.
+    notes: list[str] = []
+    #: Inputs outside the power model's training range (shared.planning.extrapolation_warnings).
+    warnings: list[str] = []
+    schema_version: int = SCHEMA_VERSION
+
+
 #: Message types documented with JSON Schema, by name.
 PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "ScenarioMessage": ScenarioMessage,
@@ -391,4 +602,7 @@ PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "QoEResult": QoEResult,
     "PredictRequest": PredictRequest,
     "PredictResponse": PredictResponse,
+    "AdviceResult": AdviceResult,
+    "RunComparison": RunComparison,
+    "FleetPlan": FleetPlan,
 }

@@ -7,7 +7,8 @@
 | quality_per_watt     | VMAF / mean power W                       | VMAF/W                    |
 | qoe_efficiency       | total pixels x VMAF/100 / energy J        | quality-weighted pixels/J |
 
-``auto`` picks ``qoe_efficiency`` when a VMAF score is present, ``pixels_per_joule`` for a ladder of more than
+VMAF comes from ``Measured.vmaf`` when given (e.g. the QoE worker's validated score), else the file's
+``vmaf_score``. ``auto`` picks ``qoe_efficiency`` when a VMAF score is present, ``pixels_per_joule`` for a ladder of more than
 one output, and ``throughput_per_watt`` otherwise. A score that cannot be computed is None, with a reason.
 """
 
@@ -75,11 +76,16 @@ class Measured:
     mean_power_w: float | None = None
     energy_j: float | None = None
     duration_s: float | None = None
-    #: A VMAF score measured for the scenario (e.g. computed by the QoE worker); wins over the file's.
+    #: VMAF (0..100) measured for this scenario, e.g. by the QoE worker. When given it wins over the file's
+    #: ``scenario.vmaf_score``; when None the file's score is used, as before.
     vmaf: float | None = None
 
-    def vmaf_of(self, scenario: Scenario) -> float | None:
-        return self.vmaf if self.vmaf is not None else scenario.vmaf_score
+
+def vmaf_of(scenario: Scenario, measured: Measured | None = None) -> float | None:
+    """The VMAF a score uses: ``measured.vmaf`` when present, else the file's ``vmaf_score`` (unvalidated)."""
+    if measured is not None and measured.vmaf is not None:
+        return measured.vmaf
+    return scenario.vmaf_score
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def quality_per_watt(scenario: Scenario, measured: Measured) -> Score:
     """VMAF / mean power W (the old exporter added GPU power to the mean when the file had it)."""
     algo = Algorithm.QUALITY_PER_WATT
     try:
-        vmaf = validate_vmaf(measured.vmaf_of(scenario))
+        vmaf = validate_vmaf(vmaf_of(scenario, measured))
     except ScoreError as exc:
         return Score(algo, None, str(exc))
     if not _positive(measured.mean_power_w):
@@ -141,7 +147,7 @@ def qoe_efficiency(scenario: Scenario, measured: Measured) -> Score:
     """total pixels x VMAF/100 / energy J."""
     algo = Algorithm.QOE_EFFICIENCY
     try:
-        vmaf = validate_vmaf(measured.vmaf_of(scenario))
+        vmaf = validate_vmaf(vmaf_of(scenario, measured))
     except ScoreError as exc:
         return Score(algo, None, str(exc))
     pixels = total_pixels(scenario, measured.duration_s)
@@ -153,15 +159,25 @@ def qoe_efficiency(scenario: Scenario, measured: Measured) -> Score:
     return Score(algo, pixels * (vmaf / 100.0) / measured.energy_j)
 
 
-def choose_algorithm(scenario: Scenario) -> Algorithm:
+def choose_algorithm(scenario: Scenario, measured: Measured | None = None) -> Algorithm:
     """``auto``: VMAF present -> qoe_efficiency; a ladder of more than one output -> pixels_per_joule;
     otherwise throughput_per_watt. (The old ``auto`` used outputs only when there were several while its pixel
-    count used them when there was one: B-S4. Both follow :func:`shared.parsing.renditions` here.)"""
-    if scenario.vmaf_score is not None:
-        return Algorithm.QOE_EFFICIENCY
-    if len(renditions(scenario)) > 1:
-        return Algorithm.PIXELS_PER_JOULE
-    return Algorithm.THROUGHPUT_PER_WATT
+    count used them when there was one: B-S4. Both follow :func:`shared.parsing.renditions` here.)
+
+    "VMAF present" means :func:`vmaf_of` is not None: a measured VMAF counts as well as the file's."""
+    return choose_algorithm_with_reason(scenario, measured)[0]
+
+
+def choose_algorithm_with_reason(
+    scenario: Scenario, measured: Measured | None = None
+) -> tuple[Algorithm, str]:
+    """:func:`choose_algorithm` and one sentence saying why (for reports and advice)."""
+    if vmaf_of(scenario, measured) is not None:
+        return Algorithm.QOE_EFFICIENCY, "a VMAF score is present, so quality-weighted pixels per joule"
+    outputs = len(renditions(scenario))
+    if outputs > 1:
+        return Algorithm.PIXELS_PER_JOULE, f"a ladder of {outputs} outputs and no VMAF, so pixels per joule"
+    return Algorithm.THROUGHPUT_PER_WATT, "a single output and no VMAF, so throughput per watt"
 
 
 _FUNCTIONS = {
@@ -175,5 +191,5 @@ _FUNCTIONS = {
 def score(scenario: Scenario, measured: Measured, algorithm: Algorithm | str = Algorithm.AUTO) -> Score:
     algo = Algorithm(algorithm)
     if algo is Algorithm.AUTO:
-        algo = choose_algorithm(scenario)
+        algo = choose_algorithm(scenario, measured)
     return _FUNCTIONS[algo](scenario, measured)

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shared.recommender import Candidate, best_per_ladder, compare, rank, rank_by_ladder, summarize, top
+from shared.recommender import (
+    Candidate,
+    best_per_ladder,
+    compare,
+    pareto_front,
+    rank,
+    rank_by_ladder,
+    summarize,
+    top,
+)
 from shared.schemas import Output, Scenario
 from shared.scoring import (
     Algorithm,
     Measured,
     ScoreError,
     choose_algorithm,
+    choose_algorithm_with_reason,
     score,
     validate_psnr,
     validate_ssim,
@@ -86,6 +99,34 @@ class TestScores:
         one_output = Scenario(resolution="1280x720", fps=30, outputs=[Output(resolution="1280x720", fps=30)])
         assert choose_algorithm(one_output) is Algorithm.THROUGHPUT_PER_WATT
         assert score(S720, Measured(mean_power_w=5.0)).algorithm is Algorithm.THROUGHPUT_PER_WATT
+
+    def test_measured_vmaf_wins_over_the_files(self) -> None:
+        # File says 50, the QoE worker measured 90: 90 / 45 W = 2.0 VMAF/W (the file's would give 1.111).
+        scenario = Scenario(name="x", vmaf_score=50.0)
+        assert (
+            score(scenario, Measured(mean_power_w=45.0, vmaf=90.0), Algorithm.QUALITY_PER_WATT).value == 2.0
+        )
+        # Without a measured VMAF the file's is used, as before: 50 / 45 W.
+        assert score(
+            scenario, Measured(mean_power_w=45.0), Algorithm.QUALITY_PER_WATT
+        ).value == pytest.approx(50 / 45)
+        # qoe_efficiency: 1280x720x30 px/s x 100 s x 0.9 / 5000 J = 497,664 (the file's 0.5 would give 276,480).
+        s = score(
+            msgspec.structs.replace(S720, vmaf_score=50.0),
+            Measured(energy_j=5000.0, vmaf=90.0),
+            Algorithm.QOE_EFFICIENCY,
+        )
+        assert s.value == pytest.approx(497_664.0, rel=1e-12)
+
+    def test_auto_counts_a_measured_vmaf(self) -> None:
+        # The file has no VMAF (throughput_per_watt), the QoE result has one: auto becomes qoe_efficiency.
+        assert choose_algorithm(S720) is Algorithm.THROUGHPUT_PER_WATT
+        assert choose_algorithm(S720, Measured(vmaf=80.0)) is Algorithm.QOE_EFFICIENCY
+        auto = score(S720, Measured(energy_j=5000.0, vmaf=80.0))
+        # 1280x720x30x100 x 0.8 / 5000 = 442,368 quality-weighted pixels/J.
+        assert auto.algorithm is Algorithm.QOE_EFFICIENCY and auto.value == pytest.approx(442_368.0)
+        algo, reason = choose_algorithm_with_reason(S720)
+        assert algo is Algorithm.THROUGHPUT_PER_WATT and "single output" in reason
 
     def test_validators(self) -> None:
         assert validate_vmaf(0) == 0.0 and validate_vmaf(100) == 100.0
@@ -161,3 +202,46 @@ class TestRecommender:
         assert summary.power_range_w == (5.0, 19.0)
         empty = summarize([])
         assert empty.best is None and empty.efficiency_range is None
+
+
+def dominated_brute_force(points: list[tuple[float, float]]) -> list[int]:
+    """O(n^2) reference: i is on the front unless some j has x_j <= x_i, y_j >= y_i, one strictly."""
+    front = []
+    for i, (xi, yi) in enumerate(points):
+        if math.isnan(xi) or math.isnan(yi):
+            continue
+        beaten = any(
+            (xj <= xi and yj >= yi and (xj < xi or yj > yi))
+            for j, (xj, yj) in enumerate(points)
+            if j != i and not (math.isnan(xj) or math.isnan(yj))
+        )
+        if not beaten:
+            front.append(i)
+    return front
+
+
+class TestParetoFront:
+    def test_hand_example(self) -> None:
+        # (cost, quality): 0 (1, 90) and 2 (0.5, 80) trade off; 1 (1.2, 85) is beaten by 0 on both;
+        # 3 (0.5, 70) is beaten by 2 (same cost, better quality); 4 duplicates 2 and stays with it.
+        points = [(1.0, 90.0), (1.2, 85.0), (0.5, 80.0), (0.5, 70.0), (0.5, 80.0)]
+        assert pareto_front(points) == [0, 2, 4]
+
+    def test_edges(self) -> None:
+        assert pareto_front([]) == []
+        assert pareto_front([(1.0, 1.0)]) == [0]
+        # Same quality at a higher cost is dominated; NaN is never on the front.
+        assert pareto_front([(2.0, 5.0), (1.0, 5.0), (math.nan, 9.0)]) == [1]
+
+    # Small integer grids make ties and duplicates frequent, which is where a sweep goes wrong.
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 6).map(float) | st.floats(allow_nan=True, allow_infinity=True),
+                st.integers(0, 6).map(float) | st.floats(allow_nan=True, allow_infinity=True),
+            ),
+            max_size=30,
+        )
+    )
+    def test_matches_brute_force(self, points: list[tuple[float, float]]) -> None:
+        assert pareto_front(points) == dominated_brute_force(points)
