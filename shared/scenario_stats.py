@@ -5,8 +5,10 @@ With D = end_time - start_time (s) and E = measured energy (J):
 * mean power Pm = E / D (W); energy Wh = E / 3600;
 * container CPU = mean of the container CPU % samples; docker overhead = CPU/100 x Pm (W);
 * energy per minute = Wh x 60 / D; per Mbps = Wh / bitrate Mbps (per-stream bitrate, as before);
-  per frame = E / (fps x D) x 1000 (mJ);
-* efficiency = total pixels / E (pixels/J; streams x renditions); total pixels as shared.parsing;
+  per frame = E / (fps x D) x 1000 (mJ), fps = the configured ``fps``, else the achieved ``avg_fps``
+  (shared.parsing.frame_rate: the distributed runner's files have only the latter);
+* efficiency = total pixels / E (pixels/J); total pixels as shared.parsing.total_pixels: configured
+  renditions x D x streams when known, else the file's ``pixels_processed``;
 * power stdev sigma = sample standard deviation of the package power samples; band = Pm +- 2 sigma (low >= 0);
 * deltas against the run's baseline b: Pm - Pm_b; (Pm - Pm_b) x D / 3600 (Wh above idle over this
   scenario's own duration); (Pm - Pm_b) / Pm_b x 100 (%); CPU - CPU_b.
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.integration import mean, sample_stdev
-from shared.parsing import find_baseline, measured_duration_s, total_pixels, try_bitrate_mbps, valid_fps
+from shared.parsing import find_baseline, frame_rate, measured_duration_s, total_pixels, try_bitrate_mbps
 from shared.schemas import ModelingScenario, Scenario
 from shared.telemetry import ResolvedTelemetry
 
@@ -49,7 +51,7 @@ def scenario_stats(
     cpu = mean(telemetry.container_cpu_percent)
     overhead = cpu / 100.0 * pm if cpu is not None and pm is not None and pm > 0 else None
     mbps = try_bitrate_mbps(scenario.bitrate)
-    fps = valid_fps(scenario.fps)
+    fps = frame_rate(scenario)
     sigma = sample_stdev(telemetry.package_power_w)
     pixels = None if baseline else total_pixels(scenario, d)
     band_high = band_low = None
