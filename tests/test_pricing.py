@@ -236,12 +236,12 @@ class TestPastRange:
         # 09:15-10:00 is 2700 s at 200, 10:00-11:00 3600 s at 300, 11:00-11:45 2700 s at 260:
         # (200 x 2700 + 300 x 3600 + 260 x 2700) / 9000 = (540000 + 1080000 + 702000) / 9000 = 258.0
         # (the plain hourly mean would be 760 / 3 = 253.33).
-        assert (got.value, got.source) == (pytest.approx(258.0, rel=1e-12), "electricity-maps-past")
+        assert got.value == pytest.approx(258.0, rel=1e-12) and got.source == "electricity-maps-past"
         assert state.requests == [PAST_RANGE_REQUEST]  # hour-aligned: 09:00 to 12:00, token in the header
         # Another run in the same hours is answered from the cache: 09:30-11:30 weighs 1800, 3600, 1800 s:
         # (200 x 1800 + 300 x 3600 + 260 x 1800) / 7200 = 1908000 / 7200 = 265.0.
         again = pricing.co2_intensity((H9 + 1800.0, H11 + 1800.0))
-        assert (again.value, again.source) == (pytest.approx(265.0, rel=1e-12), "electricity-maps-past")
+        assert again.value == pytest.approx(265.0, rel=1e-12) and again.source == "electricity-maps-past"
         assert len(state.requests) == 1
         # Without a window: exactly as before, the latest figure.
         latest = pricing.co2_intensity()
