@@ -50,6 +50,11 @@ def parse_bitrate_mbps(value: object) -> float:
     otherwise", under which ``1000`` meant 1000 Mbps but ``1001`` meant 1.001 Mbps (B-R6); scoring/modeling
     already used kbps. A ``bps`` suffix without a prefix means bits per second.
 
+    The distributed runner's Go ResultsWriter writes ``result.Metrics["bitrate"]`` verbatim, defaulting to
+    the string ``"0k"``; its workers take the bitrate from the job's ffmpeg ``-b:v`` parameter (``"2000k"``),
+    so strings carry their unit and a JSON number there is read, like every bare number, as kbps. (Its
+    ``"0k"`` default means "not reported", see :func:`is_baseline`.)
+
     Raises :class:`BitrateError` for anything else: ``abc``, ``N/A``, ``""``, negatives, NaN, booleans, None.
     """
     if isinstance(value, bool) or value is None:
@@ -166,15 +171,36 @@ def stream_count(scenario: Scenario) -> int:
 # Encoder type
 # ---------------------------------------------------------------------------------------------------------
 
-_GPU_HINTS = ("nvenc", "cuda", "qsv", "vaapi", "amf", "videotoolbox", "v4l2m2m", "gpu")
+#: Substrings that name a hardware encoder or a GPU, in codec names (``h264_nvenc``, ``hevc_qsv``), engine
+#: names (``nvenc``) and GStreamer elements (``nvh264enc``, ``nvv4l2h264enc``, ``vaapih264enc``,
+#: ``msdkh265enc``, ``qsvh264enc``).
+_GPU_HINTS = (
+    "nvenc",
+    "cuda",
+    "qsv",
+    "vaapi",
+    "amf",
+    "videotoolbox",
+    "v4l2m2m",
+    "gpu",
+    "nvh264",
+    "nvh265",
+    "nvav1",
+    "nvv4l2",
+    "msdk",
+)
 
 
 def encoder_kind(scenario: Scenario) -> str:
     """``gpu`` or ``cpu``.
 
-    An ``encoder_type`` of exactly ``cpu``/``gpu`` wins. Otherwise the codec (``encoder``, e.g. ``h264_nvenc``)
-    and the name are searched for hardware-encoder hints (nvenc, cuda, qsv, vaapi, amf, videotoolbox,
-    v4l2m2m, gpu); none found means ``cpu``. The old results exporter looked at the name only.
+    An ``encoder_type`` of exactly ``cpu``/``gpu`` wins. Anything else in ``encoder_type`` is an engine name
+    (the distributed runner writes its job's engine there: ``ffmpeg``, ``gstreamer``, ``auto``, or a
+    hardware engine such as ``nvenc``), which says nothing about the device by itself; so the engine name, the
+    codec (``encoder``, e.g. ``h264_nvenc``) and the scenario name are searched together for hardware-encoder
+    hints (nvenc, cuda, qsv, vaapi, amf, videotoolbox, v4l2m2m, gpu, and the GStreamer elements nvh264/nvh265/
+    nvav1/nvv4l2/msdk). None found means ``cpu``: ``ffmpeg`` and ``gstreamer`` alone are software encoding.
+    The old results exporter looked at the name only.
     """
     declared = (scenario.encoder_type or "").strip().lower()
     if declared in ("cpu", "gpu"):
@@ -202,22 +228,40 @@ class Rendition:
     fps_text: str
 
 
-def renditions(scenario: Scenario) -> list[Rendition]:
-    """The outputs a scenario produces: its valid ladder outputs, else its own resolution and fps."""
+def _rendition(resolution: str | None, fps: float | int | None) -> Rendition | None:
+    size = try_resolution(resolution)
+    rate = valid_fps(fps)
+    if size is None or rate is None or resolution is None or fps is None:
+        return None
+    return Rendition(resolution.strip(), size[0], size[1], rate, format_number(fps))
 
-    def one(resolution: str | None, fps: float | int | None) -> Rendition | None:
-        size = try_resolution(resolution)
-        rate = valid_fps(fps)
-        if size is None or rate is None or resolution is None or fps is None:
-            return None
-        return Rendition(resolution.strip(), size[0], size[1], rate, format_number(fps))
 
+def configured_renditions(scenario: Scenario) -> list[Rendition]:
+    """The outputs a scenario was configured to produce: its valid ladder outputs, else its own resolution
+    and configured ``fps``. Never uses the achieved ``avg_fps``."""
     outputs: Sequence[Output] = scenario.outputs or ()
-    found = [r for r in (one(o.resolution, o.fps) for o in outputs) if r is not None]
+    found = [r for r in (_rendition(o.resolution, o.fps) for o in outputs) if r is not None]
     if found:
         return found
-    own = one(scenario.resolution, scenario.fps)
+    own = _rendition(scenario.resolution, scenario.fps)
     return [own] if own is not None else []
+
+
+def renditions(scenario: Scenario) -> list[Rendition]:
+    """The outputs a scenario produces: :func:`configured_renditions` when there are any, else its resolution
+    at the achieved frame rate ``avg_fps`` (the distributed runner's files carry no configured ``fps``)."""
+    found = configured_renditions(scenario)
+    if found:
+        return found
+    achieved = _rendition(scenario.resolution, scenario.avg_fps)
+    return [achieved] if achieved is not None else []
+
+
+def frame_rate(scenario: Scenario) -> float | None:
+    """Frames per second of the scenario: the configured ``fps`` when usable, else the achieved ``avg_fps``,
+    else None."""
+    configured = valid_fps(scenario.fps)
+    return configured if configured is not None else valid_fps(scenario.avg_fps)
 
 
 def output_ladder_id(scenario: Scenario) -> str:
@@ -254,19 +298,61 @@ def scenario_duration_s(scenario: Scenario) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def total_pixels(scenario: Scenario, duration_s: float | None = None) -> float | None:
-    """Pixels delivered: ``streams * sum(width * height * fps * duration_s)`` over the renditions.
+def pixels_processed(scenario: Scenario) -> float | None:
+    """The file's ``pixels_processed`` (the distributed runner's measured pixel count of the job) when it is
+    a positive finite number, else None. A Go float64: it may have a fractional part, kept as it is."""
+    value = scenario.pixels_processed
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number > 0 else None
 
-    ``duration_s`` defaults to :func:`scenario_duration_s`. The stream count multiplies: eight streams
-    deliver eight times the pixels of one (the old code counted one stream's, B-R13). None when there is no
-    usable resolution/fps or duration.
+
+def total_pixels(scenario: Scenario, duration_s: float | None = None) -> float | None:
+    """Pixels delivered, with this precedence:
+
+    1. **configured renditions x duration** (:func:`configured_renditions`: the ladder, or the scenario's
+       resolution and ``fps``): ``streams * sum(width * height * fps * duration_s)``. The stream count
+       multiplies: eight streams deliver eight times the pixels of one (the old code counted one stream's,
+       B-R13);
+    2. else the file's **pixels_processed** (the distributed runner's measured total of the job, already over
+       every stream: not multiplied, and independent of ``duration_s``);
+    3. else the resolution at the achieved ``avg_fps`` x duration, times the stream count.
+
+    ``duration_s`` defaults to :func:`scenario_duration_s`. None when none of these can be computed.
     """
     duration = scenario_duration_s(scenario) if duration_s is None else duration_s
+    has_duration = duration is not None and duration > 0
+    configured = configured_renditions(scenario)
+    if configured and has_duration:
+        assert duration is not None
+        return stream_count(scenario) * sum(r.width * r.height * r.fps * duration for r in configured)
+    measured = pixels_processed(scenario)
+    if measured is not None:
+        return measured
     found = renditions(scenario)
-    if not found or duration is None or duration <= 0:
+    if not found or not has_duration:
         return None
-    per_stream = sum(r.width * r.height * r.fps * duration for r in found)
-    return stream_count(scenario) * per_stream
+    assert duration is not None
+    return stream_count(scenario) * sum(r.width * r.height * r.fps * duration for r in found)
+
+
+def pixel_rate_per_s(scenario: Scenario) -> float | None:
+    """Pixels per second over every stream and rendition, with :func:`total_pixels`' precedence:
+    configured renditions (``streams * sum(width * height * fps)``, no duration needed), else
+    ``pixels_processed / duration`` (:func:`scenario_duration_s`), else the resolution at ``avg_fps`` times
+    the stream count. None when none applies."""
+    configured = configured_renditions(scenario)
+    if configured:
+        return stream_count(scenario) * sum(r.width * r.height * r.fps for r in configured)
+    measured = pixels_processed(scenario)
+    duration = scenario_duration_s(scenario)
+    if measured is not None and duration is not None:
+        return measured / duration
+    found = renditions(scenario)
+    if not found:
+        return None
+    return stream_count(scenario) * sum(r.width * r.height * r.fps for r in found)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,16 +360,25 @@ def total_pixels(scenario: Scenario, duration_s: float | None = None) -> float |
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _did_work(scenario: Scenario) -> bool:
+    """The file says the scenario transcoded something: positive pixels_processed, total_frames or avg_fps."""
+    counts = (scenario.pixels_processed, scenario.total_frames, scenario.avg_fps)
+    return any(v is not None and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in counts)
+
+
 def is_baseline(scenario: Scenario) -> bool:
-    """The idle reference run: the name contains ``baseline`` or ``idle`` (any case), or the bitrate is 0.
+    """The idle reference run: the name contains ``baseline`` or ``idle`` (any case), or the bitrate is 0
+    and the scenario transcoded nothing.
 
     One rule for every service (the results exporter matched 'baseline' only, the cost exporter also
-    'idle', scoring used a zero bitrate: B-R8).
+    'idle', scoring used a zero bitrate: B-R8). The distributed runner writes ``bitrate: "0k"`` for every job
+    whose worker reported no bitrate, so a zero bitrate alongside positive ``pixels_processed``,
+    ``total_frames`` or ``avg_fps`` is "bitrate unknown", not idle.
     """
     name = (scenario.name or "").lower()
     if "baseline" in name or "idle" in name:
         return True
-    return try_bitrate_mbps(scenario.bitrate) == 0.0
+    return try_bitrate_mbps(scenario.bitrate) == 0.0 and not _did_work(scenario)
 
 
 def find_baseline(scenarios: Sequence[Scenario]) -> int | None:

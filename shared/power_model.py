@@ -31,7 +31,7 @@ from shared.modeling import (
     _Base,
     from_dict,
 )
-from shared.parsing import encoder_kind, renditions, stream_count, try_bitrate_mbps
+from shared.parsing import encoder_kind, pixel_rate_per_s, stream_count, try_bitrate_mbps
 from shared.schemas import CandidateScore, ModelInfo, Scenario
 from shared.scoring import Measured, pixels_per_joule
 
@@ -58,17 +58,20 @@ class TrainingPoint(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def features_of(scenario: Scenario) -> dict[str, float] | None:
-    """Model features of a scenario, or None when its bitrate or renditions cannot be read."""
+    """Model features of a scenario, or None when its bitrate or pixel rate cannot be read.
+
+    The pixel rate is :func:`shared.parsing.pixel_rate_per_s` in megapixels per second: configured renditions
+    (resolution x ``fps``, times the stream count) when known, else the distributed runner's
+    ``pixels_processed`` / duration, else the resolution at the achieved ``avg_fps``.
+    """
     mbps = try_bitrate_mbps(scenario.bitrate)
-    found = renditions(scenario)
-    if mbps is None or not found:
+    rate = pixel_rate_per_s(scenario)
+    if mbps is None or rate is None:
         return None
-    streams = stream_count(scenario)
-    pixel_rate = streams * sum(r.width * r.height * r.fps for r in found) / 1e6
     return {
-        "streams": float(streams),
+        "streams": float(stream_count(scenario)),
         "bitrate_mbps": mbps,
-        "pixel_rate_mpx": pixel_rate,
+        "pixel_rate_mpx": rate / 1e6,
         "encoder_gpu": 1.0 if encoder_kind(scenario) == "gpu" else 0.0,
     }
 

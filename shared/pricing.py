@@ -5,10 +5,12 @@ Lookup order, electricity price:
   2. the built-in table below for the region, then its ``default``.
   (An explicit ``--energy-cost`` above 0 is applied by the caller, before all of this.)
 
-Lookup order, carbon intensity:
+Lookup order, carbon intensity (:meth:`RegionalPricing.co2_intensity`):
   1. the pricing config's ``co2_intensity[region]``, then its ``co2_intensity["default"]``;
-  2. live Electricity Maps data for the region's zone, when a token is configured;
-  3. the built-in table for the region, then its ``default``.
+  2. when a token is configured and the caller gives the run's time window: Electricity Maps' hourly history
+     for that window (``/v3/carbon-intensity/past-range``), time-weighted (source ``electricity-maps-past``);
+  3. when a token is configured: Electricity Maps' latest figure for the zone (source ``electricity-maps``);
+  4. the built-in table for the region, then its ``default``.
 
 A configured 0 is a real 0 (the old code fell through to the default: B-P1). Prices in the built-in table are
 the old exporter's fallback figures, kept so that a user who configures nothing gets the numbers they got
@@ -27,6 +29,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -124,10 +127,63 @@ def _lookup(table: dict[str, float], region: str) -> float | None:
     return table.get("default")
 
 
+HOUR_S = 3600
+
+#: One hourly datum of a past-range answer: (unix seconds at the start of the hour, g CO2/kWh).
+HourlyIntensity = tuple[float, float]
+
+
+def _iso_utc(unix_s: int) -> str:
+    """``2026-01-10T09:00:00Z``: the ISO 8601 form the API takes for ``start``/``end``."""
+    return datetime.fromtimestamp(unix_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _intensity(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"response has no usable carbonIntensity (got {value!r})")
+    return float(value)
+
+
+def hour_aligned(start_s: float, end_s: float) -> tuple[int, int]:
+    """The whole hours covering ``[start_s, end_s]``: start rounded down, end rounded up to the hour (at
+    least one hour). This is the range asked of the API and the cache key."""
+    start_h = math.floor(start_s / HOUR_S) * HOUR_S
+    end_h = max(math.ceil(end_s / HOUR_S) * HOUR_S, start_h + HOUR_S)
+    return start_h, end_h
+
+
+def time_weighted_mean(hours: list[HourlyIntensity], start_s: float, end_s: float) -> float:
+    """Mean intensity over ``[start_s, end_s]``, each hourly datum weighted by the seconds of its hour
+    ``[t, t + 3600)`` inside the window. A window of zero length takes the hour containing it.
+
+    Raises ValueError when no datum overlaps the window.
+    """
+    if end_s <= start_s:
+        covering = [v for t, v in hours if t <= start_s < t + HOUR_S]
+        if not covering:
+            raise ValueError("no hourly carbon intensity covers the window")
+        return covering[0]
+    total = weight_sum = 0.0
+    for t, value in hours:
+        weight = max(0.0, min(end_s, t + HOUR_S) - max(start_s, t))
+        total += weight * value
+        weight_sum += weight
+    if weight_sum <= 0:
+        raise ValueError("no hourly carbon intensity covers the window")
+    return total / weight_sum
+
+
 class ElectricityMapsClient:
-    """Latest carbon intensity of a zone: ``GET {base}/v3/carbon-intensity/latest?zone=Z`` with header
-    ``auth-token``. Answers are cached for ``cache_ttl_s`` (1 h); a failed call is not retried for
-    ``failure_ttl_s`` (5 min) so a dead API is not hammered. The token never appears in logs or errors."""
+    """Carbon intensity of a zone from the Electricity Maps v3 API, header ``auth-token``:
+
+    * :meth:`carbon_intensity`: the latest figure, ``GET {base}/v3/carbon-intensity/latest?zone=Z``;
+    * :meth:`carbon_intensity_between`: the time-weighted mean over a past window, from
+      ``GET {base}/v3/carbon-intensity/past-range?zone=Z&start=ISO&end=ISO`` (hourly data,
+      ``{"zone": ..., "data": [{"datetime": ..., "carbonIntensity": ...}, ...]}``).
+
+    Answers are cached for ``cache_ttl_s`` (1 h; past-range answers per zone and hour-aligned window); a failed
+    call is not retried for ``failure_ttl_s`` (5 min) so a dead API is not hammered. The token never appears in
+    logs or errors."""
 
     def __init__(
         self,
@@ -148,6 +204,7 @@ class ElectricityMapsClient:
         self.failure_ttl_s = failure_ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float | None, float]] = {}
+        self._range_cache: dict[tuple[str, int, int], tuple[list[HourlyIntensity] | None, float]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -156,27 +213,57 @@ class ElectricityMapsClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "***")
 
-    def _fetch(self, zone: str) -> float:
-        query = urllib.parse.urlencode({"zone": zone})
+    def _get_json(self, path: str, params: dict[str, str]) -> object:
+        query = urllib.parse.urlencode(params)
         request = urllib.request.Request(  # noqa: S310 - the scheme is the configured API base URL
-            f"{self.base_url}/v3/carbon-intensity/latest?{query}",
+            f"{self.base_url}{path}?{query}",
             headers={"auth-token": self._token, "Accept": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
             body = response.read(1_000_000)
-        data = json.loads(body)
-        value = data.get("carbonIntensity") if isinstance(data, dict) else None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ValueError(f"response has no usable carbonIntensity (got {value!r})")
-        return float(value)
+        return json.loads(body)
+
+    def _fetch(self, zone: str) -> float:
+        data = self._get_json("/v3/carbon-intensity/latest", {"zone": zone})
+        return _intensity(data.get("carbonIntensity") if isinstance(data, dict) else None)
+
+    def _fetch_range(self, zone: str, start_h: int, end_h: int) -> list[HourlyIntensity]:
+        data = self._get_json(
+            "/v3/carbon-intensity/past-range",
+            {"zone": zone, "start": _iso_utc(start_h), "end": _iso_utc(end_h)},
+        )
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ValueError("response has no data list")
+        hours = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("datetime"), str):
+                raise ValueError(f"unexpected datum {item!r:.100}")
+            if item.get("carbonIntensity") is None:
+                continue  # an hour the API has no figure for: the others carry the mean
+            at = datetime.fromisoformat(item["datetime"].replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            hours.append((at.timestamp(), _intensity(item["carbonIntensity"])))
+        if not hours:
+            raise ValueError("no hourly carbon intensity in the answer")
+        return hours
+
+    def _warn(self, what: str, zone: str, exc: Exception) -> None:
+        reason = (
+            exc.reason
+            if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
+            else exc
+        )
+        log.warning(
+            "Electricity Maps %s unavailable for zone %s (%s); using the next source",
+            what,
+            zone,
+            self._redact(f"{type(exc).__name__}: {reason}"),
+        )
 
     def carbon_intensity(self, zone: str) -> float | None:
-        """g CO2/kWh for the zone, or None (after one warning) when the API cannot answer."""
+        """Latest g CO2/kWh for the zone, or None (after one warning) when the API cannot answer."""
         now = self._clock()
         with self._lock:
             cached = self._cache.get(zone)
@@ -186,26 +273,53 @@ class ElectricityMapsClient:
             value: float | None = self._fetch(zone)
             expires = now + self.cache_ttl_s
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-            reason = (
-                exc.reason
-                if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
-                else exc
-            )
-            log.warning(
-                "Electricity Maps unavailable for zone %s (%s); using configured/static intensity",
-                zone,
-                self._redact(f"{type(exc).__name__}: {reason}"),
-            )
+            self._warn("latest intensity", zone, exc)
             value, expires = None, now + self.failure_ttl_s
         with self._lock:
             self._cache[zone] = (value, expires)
         return value
 
+    def carbon_intensity_between(self, zone: str, start_s: float, end_s: float) -> float | None:
+        """g CO2/kWh over ``[start_s, end_s]`` (unix seconds): the **time-weighted** mean of the hourly data,
+        each hour weighted by the seconds of the window it covers (:func:`time_weighted_mean`), so a run from
+        09:50 to 10:20 counts 10 minutes of the 09:00 figure and 20 of the 10:00 one. Hours without a figure
+        are left out. None (after one warning) when the API cannot answer or has no data for the window.
+
+        The hourly data of the hour-aligned window (:func:`hour_aligned`) is cached, so runs within the same
+        hours share one request.
+        """
+        if not (math.isfinite(start_s) and math.isfinite(end_s)):
+            return None
+        start_h, end_h = hour_aligned(start_s, end_s)
+        key = (zone, start_h, end_h)
+        now = self._clock()
+        with self._lock:
+            cached = self._range_cache.get(key)
+        if cached is not None and now < cached[1]:
+            hours = cached[0]
+        else:
+            try:
+                hours = self._fetch_range(zone, start_h, end_h)
+                time_weighted_mean(hours, start_s, end_s)  # an answer that misses the window is a failure
+                expires = now + self.cache_ttl_s
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+                self._warn("past-range intensity", zone, exc)
+                hours, expires = None, now + self.failure_ttl_s
+            with self._lock:
+                self._range_cache[key] = (hours, expires)
+        if hours is None:
+            return None
+        try:
+            return time_weighted_mean(hours, start_s, end_s)
+        except ValueError:
+            return None
+
 
 @dataclass(frozen=True)
 class Sourced:
     value: float
-    #: ``config``, ``electricity-maps``, ``table`` or ``flag``.
+    #: ``config``, ``electricity-maps-past`` (the run's own window), ``electricity-maps`` (latest), ``table``
+    #: or ``flag``.
     source: str
 
 
@@ -229,23 +343,24 @@ class RegionalPricing:
         assert table is not None
         return Sourced(table, "table")
 
-    def co2_intensity(self) -> Sourced:
-        """g CO2/kWh for the region."""
+    def co2_intensity(self, window: tuple[float, float] | None = None) -> Sourced:
+        """g CO2/kWh for the region. ``window`` = (start, end) in unix seconds: the run's own time, for which
+        Electricity Maps' hourly history is asked before its latest figure. A configured value always wins."""
         if self.config is not None:
             configured = _lookup(self.config.co2_intensity, self.region)
             if configured is not None:
                 return Sourced(configured, "config")
         if self.electricity_maps is not None and self._zone is not None:
+            if window is not None:
+                past = self.electricity_maps.carbon_intensity_between(self._zone, window[0], window[1])
+                if past is not None:
+                    return Sourced(past, "electricity-maps-past")
             live = self.electricity_maps.carbon_intensity(self._zone)
             if live is not None:
                 return Sourced(live, "electricity-maps")
         table = _lookup(FALLBACK_CO2_G_PER_KWH, self.region)
         assert table is not None
         return Sourced(table, "table")
-
-    def compute_co2_emissions(self, energy_kwh: float) -> float:
-        """kg CO2 = intensity g/kWh x energy kWh / 1000."""
-        return self.co2_intensity().value * energy_kwh / 1000.0
 
 
 def effective_energy_price(explicit_per_kwh: float | None, pricing: RegionalPricing) -> Sourced:

@@ -6,8 +6,10 @@ With D = end_time - start_time (s) and E = measured energy (J):
   energy Wh = E / 3600;
 * container CPU = mean of the container CPU % samples; docker overhead = CPU/100 x Pm (W);
 * energy per minute = Wh x 60 / D; per Mbps = Wh / bitrate Mbps (per-stream bitrate, as before);
-  per frame = E / (fps x D) x 1000 (mJ);
-* efficiency = shared.scoring.pixels_per_joule: total pixels / E (pixels/J; streams x renditions);
+  per frame = E / (fps x D) x 1000 (mJ), fps = the configured ``fps``, else the achieved ``avg_fps``
+  (shared.parsing.frame_rate: the distributed runner's files have only the latter);
+* efficiency = shared.scoring.pixels_per_joule: total pixels / E (pixels/J); total pixels as
+  shared.parsing.total_pixels: configured renditions x D x streams when known, else ``pixels_processed``;
 * power stdev sigma = sample standard deviation of the package power samples; band = Pm +- 2 sigma (low >= 0);
 * deltas against the run's baseline b: Pm - Pm_b; (Pm - Pm_b) x D / 3600 (Wh above idle over this
   scenario's own duration); (Pm - Pm_b) / Pm_b x 100 (%); CPU - CPU_b.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import msgspec
 
 from shared.integration import mean, sample_stdev
-from shared.parsing import find_baseline, measured_duration_s, total_pixels, try_bitrate_mbps, valid_fps
+from shared.parsing import find_baseline, frame_rate, measured_duration_s, total_pixels, try_bitrate_mbps
 from shared.schemas import ModelingScenario, Scenario
 from shared.scoring import Measured, pixels_per_joule
 from shared.telemetry import ResolvedTelemetry, scenario_mean_power_w
@@ -54,7 +56,7 @@ def scenario_stats(
     cpu = mean(telemetry.container_cpu_percent)
     overhead = cpu / 100.0 * pm if cpu is not None and pm is not None and pm > 0 else None
     mbps = try_bitrate_mbps(scenario.bitrate)
-    fps = valid_fps(scenario.fps)
+    fps = frame_rate(scenario)
     sigma = sample_stdev(telemetry.package_power_w)
     pixels = None if baseline else total_pixels(scenario, d)
     band_high = band_low = None

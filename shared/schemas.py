@@ -66,6 +66,8 @@ class Telemetry(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     Units are in the field names. ``power_watts`` is CPU package power (RAPL ``package.*`` zones);
     ``power_all_zones_watts`` is the sum over every RAPL zone, which the old cost exporter integrated.
+    ``gpu_usage_cores`` is GPUs busy (1.0 = one GPU fully utilised); the ``gpu_*`` power/energy fields cover
+    every GPU of the machine, summed.
     """
 
     step_seconds: float | None = None
@@ -75,6 +77,13 @@ class Telemetry(msgspec.Struct, kw_only=True, omit_defaults=True):
     gpu_usage_cores: Series | None = None
     container_cpu_percent: Series | None = None
     energy_joules: float | None = None
+    #: GPU board power summed over the GPUs, W (NVIDIA DCGM ``DCGM_FI_DEV_POWER_USAGE``).
+    gpu_power_watts: Series | None = None
+    #: GPU energy over the scenario window summed over the GPUs, J (the DCGM energy counter is in mJ; this
+    #: field is already converted to J).
+    gpu_energy_joules: float | None = None
+    #: NVENC encoder utilisation, % (0-100 per GPU; DCGM ``DCGM_FI_DEV_ENC_UTIL``).
+    gpu_encoder_percent: Series | None = None
     #: Where the numbers came from: ``file`` (written by the benchmark), ``legacy-fields`` (the old top-level
     #: ``power_watts``/``power`` fields) or ``prometheus``.
     source: str | None = None
@@ -113,11 +122,17 @@ class Scenario(msgspec.Struct, kw_only=True, omit_defaults=True):
     container_usage: CpuPercent | None = None
     docker_overhead: CpuPercent | None = None
     hardware: Hardware | None = None
-    # Written by the Go ResultsWriter (distributed mode).
-    avg_fps: float | None = None
-    total_frames: int | None = None
-    dropped_frames: int | None = None
-    pixels_processed: int | None = None
+    # Written by the Go ResultsWriter (distributed mode). Every number there is a Go float64 or an
+    # interface{} taken from the worker's metrics map, so counts may carry a fractional part (1.5e9,
+    # 8294400000.5): these fields accept any JSON number.
+    #: Achieved frames per second (``Metrics["fps"]``); the frame rate used where ``fps`` is absent.
+    avg_fps: Number | None = None
+    #: Frames transcoded by the job (count).
+    total_frames: Number | None = None
+    #: Frames dropped by the job (count).
+    dropped_frames: Number | None = None
+    #: Total pixels the job processed (count); used where no configured resolution/fps gives the pixels.
+    pixels_processed: Number | None = None
     qoe_score: float | None = None
     efficiency_score: float | None = None
     energy_joules: float | None = None

@@ -4,11 +4,18 @@ Three places can hold measurements of a scenario:
 
 1. the file's ``telemetry`` block (written by the benchmark);
 2. the old top-level fields (``power_watts``, ``cpu_usage_cores``, ``gpu_usage_cores``, ``step_seconds``, and
-   the summaries ``power`` = {mean_watts, total_energy_joules} and ``gpu_power`` = {mean_watts});
+   the summaries ``power`` = {mean_watts, total_energy_joules} and ``gpu_power`` = {mean_watts}; a
+   distributed-runner file's top-level ``energy_joules``);
 3. enrichment from Prometheus/VictoriaMetrics (``ScenarioMessage.enriched``).
 
 **Precedence, field by field: telemetry block > old fields > Prometheus.** What the benchmark wrote into the
 file about its own run is the most specific statement there is; Prometheus fills in only what the file lacks.
+
+GPU measurements (NVIDIA DCGM, summed over the machine's GPUs) follow the same order: GPU power W and NVENC
+utilisation % from the block, else Prometheus (there are no old top-level GPU series besides
+``gpu_usage_cores``); GPU energy J from the block's ``gpu_energy_joules``, else Prometheus' (the DCGM energy
+counter's increase over the window), else the integral of the resolved GPU power. The old ``gpu_power``
+summary stays separate (``gpu_mean_power_w``), as the cost and QoE formulas read it.
 (The old cost exporter let a non-empty Prometheus answer overwrite the file's series; see
 docs/compatibility.md T1.)
 """
@@ -40,6 +47,13 @@ class ResolvedTelemetry:
     sources: tuple[str, ...]
     #: Why enrichment failed, when it did.
     missing_reason: str | None
+    #: GPU board power summed over the GPUs, W (DCGM ``DCGM_FI_DEV_POWER_USAGE``).
+    gpu_power_w: SampledSeries | None = None
+    #: GPU energy over the scenario, J: a measured figure (the DCGM counter's increase, mJ / 1000), else the
+    #: integral of ``gpu_power_w``.
+    gpu_energy_j: float | None = None
+    #: NVENC encoder utilisation, % (DCGM ``DCGM_FI_DEV_ENC_UTIL``).
+    gpu_encoder_percent: SampledSeries | None = None
 
     @property
     def has_any(self) -> bool:
@@ -94,6 +108,8 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
     cpu = pick(block.cpu_usage_cores, scenario.cpu_usage_cores, prom.cpu_usage_cores)
     gpu = pick(block.gpu_usage_cores, scenario.gpu_usage_cores, prom.gpu_usage_cores)
     container = pick(block.container_cpu_percent, None, prom.container_cpu_percent)
+    gpu_power = pick(block.gpu_power_watts, None, prom.gpu_power_watts)
+    gpu_encoder = pick(block.gpu_encoder_percent, None, prom.gpu_encoder_percent)
 
     energy = block.energy_joules
     if energy is None and scenario.power is not None:
@@ -102,6 +118,12 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
         energy = scenario.energy_joules
     if energy is None:
         energy = prom.energy_joules
+
+    gpu_energy = block.gpu_energy_joules
+    if gpu_energy is None:
+        gpu_energy = prom.gpu_energy_joules
+    if gpu_energy is None:
+        gpu_energy = integrate(gpu_power)
 
     return ResolvedTelemetry(
         package_power_w=package,
@@ -114,6 +136,9 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
         gpu_mean_power_w=scenario.gpu_power.mean_watts if scenario.gpu_power is not None else None,
         sources=tuple(sources),
         missing_reason=prom.missing_reason,
+        gpu_power_w=gpu_power,
+        gpu_energy_j=gpu_energy,
+        gpu_encoder_percent=gpu_encoder,
     )
 
 

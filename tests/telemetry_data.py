@@ -117,3 +117,59 @@ def prometheus_text(timeline: Timeline) -> str:
         cpu_seconds += timeline.cores(t)
         pod_seconds += 7.0
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU telemetry as the NVIDIA DCGM exporter publishes it: one series per GPU, labelled gpu/UUID/modelName/
+# Hostname, power in W, utilisations in %, and an energy counter in millijoules since boot.
+# ---------------------------------------------------------------------------------------------------------
+
+#: (gpu index, UUID, base power W, base SM utilisation %, base NVENC utilisation %, counter at start mJ)
+GPUS = (
+    ("0", "GPU-3f1c9a52-7d1e-4b8a-9c2f-0a1b2c3d4e5f", 61.25, 38.0, 22.0, 987_654_321_000),
+    ("1", "GPU-8e2d7b41-1a9c-4f3e-8d6b-5f4e3d2c1b0a", 118.5, 71.0, 64.0, 412_345_678_000),
+)
+GPU_MODEL = "NVIDIA L4"
+GPU_HOST = "transcode-node-01"
+
+
+def gpu_power(gpu: int, t: int) -> float:
+    """W of GPU ``gpu`` at second t: its base plus a ripple in quarter watts (whole millijoules per second)."""
+    return GPUS[gpu][2] + 0.25 * ((t % 7) - 3)
+
+
+def gpu_util(gpu: int, t: int) -> float:
+    """SM utilisation of GPU ``gpu`` at second t, %."""
+    return GPUS[gpu][3] + ((t % 5) - 2)
+
+
+def gpu_enc_util(gpu: int, t: int) -> float:
+    """NVENC utilisation of GPU ``gpu`` at second t, %."""
+    return GPUS[gpu][4] + ((t % 4) - 1.5)
+
+
+def gpu_energy_mj_between(gpu: int, a: int, b: int) -> float:
+    """Millijoules the counter of GPU ``gpu`` gains over the seconds [a, b): each second adds P(t) x 1000."""
+    return sum(gpu_power(gpu, k) * 1000 for k in range(a, b))
+
+
+def dcgm_text(first: int, last: int) -> str:
+    """Every second of [first, last], both GPUs, in Prometheus text format (ms timestamps)."""
+    lines = []
+    counters = [float(g[5]) for g in GPUS]
+    for t in range(first, last + 1):
+        ms = t * 1000
+        for i, (index, uuid, *_rest) in enumerate(GPUS):
+            labels = (
+                f'gpu="{index}",UUID="{uuid}",device="nvidia{index}",modelName="{GPU_MODEL}",'
+                f'Hostname="{GPU_HOST}"'
+            )
+            lines += [
+                f"DCGM_FI_DEV_POWER_USAGE{{{labels}}} {gpu_power(i, t)} {ms}",
+                f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {counters[i]:.0f} {ms}",
+                f"DCGM_FI_DEV_GPU_UTIL{{{labels}}} {gpu_util(i, t)} {ms}",
+                f"DCGM_FI_DEV_ENC_UTIL{{{labels}}} {gpu_enc_util(i, t)} {ms}",
+                f"DCGM_FI_DEV_DEC_UTIL{{{labels}}} 3 {ms}",
+            ]
+            counters[i] += gpu_power(i, t) * 1000
+    return "\n".join(lines) + "\n"

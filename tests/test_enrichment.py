@@ -34,7 +34,17 @@ from shared.schemas import (
 from shared.telemetry import resolve
 from tests.conftest import DATA, NatsServer, VictoriaMetrics
 from tests.helpers import count_manifests, decoded, running_ingest
-from tests.telemetry_data import DRAM_W, Timeline, prometheus_text, truths
+from tests.telemetry_data import (
+    DRAM_W,
+    Timeline,
+    dcgm_text,
+    gpu_enc_util,
+    gpu_energy_mj_between,
+    gpu_power,
+    gpu_util,
+    prometheus_text,
+    truths,
+)
 
 RUN = "test_results_20251228_203216"
 
@@ -98,6 +108,56 @@ async def test_enrichment_matches_independent_figures(
             [timeline.rate_cores(t) for t in grid], rel=1e-9
         )
         assert telemetry.step_seconds == 5.0 and telemetry.source == "prometheus"
+        # No DCGM exporter in this data: the GPU queries answer nothing, which is not a failure.
+        assert telemetry.gpu_power_watts is None and telemetry.gpu_energy_joules is None
+        assert telemetry.gpu_usage_cores is None and telemetry.gpu_encoder_percent is None
+
+
+async def test_gpu_enrichment_from_dcgm_series_of_two_gpus(
+    victoria_metrics: VictoriaMetrics, timeline: Timeline
+) -> None:
+    victoria_metrics.import_text(dcgm_text(timeline.first, timeline.last))
+    chosen = scenarios()[1:4]
+    e = enricher(victoria_metrics.url)
+    try:
+        results = await e.enrich_run(chosen)
+    finally:
+        e.close()
+    for scenario, telemetry in zip(chosen, results, strict=True):
+        assert telemetry is not None and telemetry.missing_reason is None, telemetry
+        assert scenario.start_time is not None and scenario.end_time is not None
+        start, end = int(scenario.start_time), int(scenario.end_time)
+        window = max(1, int(scenario.end_time - scenario.start_time))
+        grid = list(range(start, end + 1, 5))
+
+        # Power: the sum over both GPUs of the imported W at each grid second.
+        assert isinstance(telemetry.gpu_power_watts, Samples)
+        assert telemetry.gpu_power_watts.timestamps == grid
+        assert telemetry.gpu_power_watts.values == pytest.approx(
+            [gpu_power(0, t) + gpu_power(1, t) for t in grid], rel=1e-12
+        )
+        # Energy: each counter gains P(k) x 1000 mJ per second; increase over [end - W, end) of both
+        # counters, in mJ, / 1000 = J. E.g. 180 W for 60 s = 10,800,000 mJ = 10,800 J.
+        expected_mj = gpu_energy_mj_between(0, end - window, end) + gpu_energy_mj_between(
+            1, end - window, end
+        )
+        assert telemetry.gpu_energy_joules == pytest.approx(expected_mj / 1000.0, rel=1e-9)
+        # Roughly (61.25 + 118.5) W x W s: a slip of the mJ -> J conversion would be off by 1000x.
+        assert telemetry.gpu_energy_joules == pytest.approx(179.75 * window, rel=0.01)
+        # GPUs busy: (U0 + U1) / 100.
+        assert values(telemetry.gpu_usage_cores) == pytest.approx(
+            [(gpu_util(0, t) + gpu_util(1, t)) / 100.0 for t in grid], rel=1e-12
+        )
+        # NVENC: the mean of the two GPUs' %.
+        assert values(telemetry.gpu_encoder_percent) == pytest.approx(
+            [(gpu_enc_util(0, t) + gpu_enc_util(1, t)) / 2.0 for t in grid], rel=1e-12
+        )
+
+        resolved = resolve(scenario, telemetry)
+        assert resolved.gpu_energy_j == telemetry.gpu_energy_joules  # the counter wins over the integral
+        assert resolved.gpu_power_w is not None and len(resolved.gpu_power_w) == len(grid)
+        assert resolved.gpu_encoder_percent is not None
+        assert resolved.gpu_usage is not None
 
 
 async def test_a_scenario_without_times_is_not_queried(victoria_metrics: VictoriaMetrics) -> None:
@@ -170,6 +230,31 @@ def test_precedence_block_then_legacy_then_prometheus() -> None:
     assert integrate(r.cpu_cores) == 10.0
     assert r.energy_j == 200.0
     assert r.sources == ("legacy-fields", "prometheus")
+
+    # GPU: the file's block wins; Prometheus' counter figure next; else the integral of GPU power.
+    gpu_prom = Telemetry(
+        gpu_power_watts=Samples(values=[100.0, 100.0], timestamps=[0.0, 5.0]),
+        gpu_energy_joules=480.0,
+        gpu_encoder_percent=[40.0, 40.0],
+        step_seconds=5.0,
+    )
+    gpu_block = Scenario(telemetry=Telemetry(gpu_power_watts=[70.0, 80.0, 90.0], step_seconds=2.0))
+    r = resolve(gpu_block, gpu_prom)
+    assert list(r.gpu_power_w.values) == [70.0, 80.0, 90.0]  # type: ignore[union-attr]
+    assert r.gpu_energy_j == 480.0  # a measured figure beats the integral, as for package energy
+    assert list(r.gpu_encoder_percent.values) == [40.0, 40.0]  # type: ignore[union-attr]
+    # Without any energy figure: trapezoid of the block's series, 2 s apart: 2/2 x (70 + 2 x 80 + 90) = 320 J.
+    assert resolve(gpu_block).gpu_energy_j == 320.0
+    r = resolve(Scenario(telemetry=Telemetry(gpu_energy_joules=55.5)), gpu_prom)
+    assert r.gpu_energy_j == 55.5
+    assert list(r.gpu_power_w.values) == [100.0, 100.0]  # type: ignore[union-attr]
+    # Prometheus power only: 100 W over the 5 s between the two samples = 500 J.
+    assert (
+        resolve(Scenario(name="x"), Telemetry(gpu_power_watts=[100.0, 100.0], step_seconds=5.0)).gpu_energy_j
+        == 500.0
+    )
+    gpu_none = resolve(Scenario(name="x"))
+    assert gpu_none.gpu_power_w is None and gpu_none.gpu_energy_j is None
 
     only_prom = resolve(Scenario(name="x"), prom)
     assert only_prom.energy_j == 999.0 and only_prom.sources == ("prometheus",)
@@ -265,6 +350,12 @@ def test_queries_file_overrides_defaults(tmp_path: Path) -> None:
     q = TelemetryQueries.load(path)
     assert q.power_watts == "sum(node_rapl_package_joules_total)" and q.step_seconds == 1
     assert q.container_cpu_percent == "docker_containers_total_cpu_percent"
+    path.write_text(
+        json.dumps({"gpu_usage_cores": "sum(nvidia_gpu_utilization) / 100", "gpu_energy_joules": "0"})
+    )
+    q = TelemetryQueries.load(path)
+    assert q.gpu_usage_cores == "sum(nvidia_gpu_utilization) / 100" and q.gpu_energy_joules == "0"
+    assert q.gpu_power_watts == "sum(DCGM_FI_DEV_POWER_USAGE)"
     path.write_text(json.dumps({"powr_watts": "x"}))
     with pytest.raises(SystemExit, match="powr_watts"):
         TelemetryQueries.load(path)

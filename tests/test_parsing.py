@@ -16,10 +16,13 @@ from shared.parsing import (
     encoder_kind,
     find_baseline,
     format_bitrate,
+    frame_rate,
     is_baseline,
     output_ladder_id,
     parse_bitrate_mbps,
     parse_resolution,
+    pixel_rate_per_s,
+    renditions,
     scenario_duration_s,
     stream_count,
     stream_count_from_name,
@@ -49,6 +52,7 @@ from shared.schemas import Output, Scenario
         (2500, 2.5),
         (2500.0, 2.5),
         (0, 0.0),
+        (4500.5, 4.5005),  # a Go float64 bitrate from the worker's metrics map: kbps like every bare number
     ],
 )
 def test_bitrate(text: object, mbps: float) -> None:
@@ -151,6 +155,16 @@ def test_explicit_streams_field_wins() -> None:
         (Scenario(name="x", encoder="libx264"), "cpu"),
         (Scenario(name="job", encoder_type="ffmpeg"), "cpu"),
         (Scenario(name="vaapi run", encoder_type="auto"), "gpu"),
+        # Engine names written by the distributed runner.
+        (Scenario(name="4 Streams @ 5000k", encoder_type="gstreamer"), "cpu"),
+        (Scenario(name="4 Streams @ 5000k", encoder_type="GStreamer "), "cpu"),
+        (Scenario(name="4 Streams @ 5000k", encoder_type="nvenc"), "gpu"),
+        (Scenario(name="4 Streams @ 5000k", encoder_type="auto"), "cpu"),
+        (Scenario(name="job", encoder_type="ffmpeg", encoder="h264_nvenc"), "gpu"),
+        (Scenario(name="job", encoder_type="gstreamer", encoder="nvh264enc"), "gpu"),
+        (Scenario(name="job", encoder_type="gstreamer", encoder="nvv4l2h265enc"), "gpu"),
+        (Scenario(name="job", encoder_type="gstreamer", encoder="msdkh265enc"), "gpu"),
+        (Scenario(name="job", encoder_type="gstreamer", encoder="x264enc"), "cpu"),
     ],
 )
 def test_encoder_kind(scenario: Scenario, kind: str) -> None:
@@ -217,6 +231,12 @@ def test_total_pixels_worked_examples() -> None:
         (Scenario(name="1 Streams @ 1000k", bitrate="1000k"), False),
         (Scenario(name="x"), False),
         (Scenario(), False),
+        # The Go writer's default bitrate "0k" on a job that did work means "not reported", not idle.
+        (Scenario(name="job", bitrate="0k", pixels_processed=1.5e9), False),
+        (Scenario(name="job", bitrate="0k", total_frames=3600), False),
+        (Scenario(name="job", bitrate="0k", avg_fps=29.97), False),
+        (Scenario(name="job", bitrate="0k", avg_fps=0, total_frames=0), True),
+        (Scenario(name="Baseline", bitrate="0k", pixels_processed=1.5e9), True),  # the name still wins
     ],
 )
 def test_is_baseline(scenario: Scenario, expected: bool) -> None:
@@ -231,3 +251,52 @@ def test_find_baseline_takes_the_first() -> None:
     ]
     assert find_baseline(scenarios) == 1
     assert find_baseline(scenarios[:1]) is None
+
+
+def test_frame_rate_from_avg_fps_where_fps_is_absent() -> None:
+    assert frame_rate(Scenario(fps=30, avg_fps=29.5)) == 30.0
+    assert frame_rate(Scenario(avg_fps=29.5)) == 29.5
+    assert frame_rate(Scenario(fps=-1, avg_fps=29.5)) == 29.5
+    assert frame_rate(Scenario(avg_fps=0)) is None
+    [r] = renditions(Scenario(resolution="1280x720", avg_fps=29.5))
+    assert (r.width, r.height, r.fps) == (1280, 720, 29.5)
+    assert output_ladder_id(Scenario(resolution="1280x720", avg_fps=29.5)) == "1280x720@29.5"
+    # A configured fps wins over the achieved one.
+    [r] = renditions(Scenario(resolution="1280x720", fps=30, avg_fps=29.5))
+    assert r.fps == 30.0
+
+
+def test_total_pixels_precedence_configured_then_pixels_processed_then_avg_fps() -> None:
+    # 1. Configured renditions x duration win over pixels_processed: 1280 x 720 x 30 x 100 = 2,764,800,000.
+    configured = Scenario(resolution="1280x720", fps=30, duration=100, pixels_processed=1.0e9, avg_fps=25)
+    assert total_pixels(configured) == 2_764_800_000
+    # 2. No configured fps: the file's pixels_processed as written, fraction and all, not times the streams.
+    measured = Scenario(
+        name="2 Streams @ 1000k",
+        resolution="1280x720",
+        avg_fps=25,
+        duration=100,
+        pixels_processed=8294400000.5,
+    )
+    assert total_pixels(measured) == 8294400000.5
+    assert total_pixels(measured, duration_s=1.0) == 8294400000.5  # a measured count has no duration
+    # 3. Neither: resolution at avg_fps x duration x streams = 2 x 1280 x 720 x 25 x 100 = 4,608,000,000.
+    achieved = Scenario(name="2 Streams @ 1000k", resolution="1280x720", avg_fps=25, duration=100)
+    assert total_pixels(achieved) == 4_608_000_000
+    # Unusable pixels_processed values are ignored.
+    assert total_pixels(Scenario(pixels_processed=0, duration=10)) is None
+    assert total_pixels(Scenario(pixels_processed=-5.0, duration=10)) is None
+
+
+def test_pixel_rate_precedence() -> None:
+    # Configured: 2 streams x 1280 x 720 x 30 = 55,296,000 px/s; no duration needed.
+    assert pixel_rate_per_s(Scenario(name="2 streams", resolution="1280x720", fps=30)) == 55_296_000
+    # pixels_processed / measured duration: 8,294,400,000 / (1100 - 1000) s = 82,944,000 px/s.
+    measured = Scenario(pixels_processed=8_294_400_000.0, start_time=1000, end_time=1100, duration=97.5)
+    assert pixel_rate_per_s(measured) == 82_944_000
+    # pixels_processed without any duration and without a resolution: no rate.
+    assert pixel_rate_per_s(Scenario(pixels_processed=8_294_400_000.0)) is None
+    # Resolution at avg_fps: 1920 x 1080 x 59.94 = 124,291,584 px/s.
+    assert pixel_rate_per_s(Scenario(resolution="1920x1080", avg_fps=59.94)) == pytest.approx(
+        124_291_584, rel=1e-12
+    )

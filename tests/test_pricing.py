@@ -1,5 +1,6 @@
 """Regional pricing: tables, config precedence, and the Electricity Maps client against a real local HTTP
-server on loopback that answers the way the API does (good, slow, 500, garbage)."""
+server on loopback that answers the way the API does (good, slow, 500, garbage), for the latest figure and
+for a past range (``/v3/carbon-intensity/past-range``)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,41 @@ from shared.pricing import (
 TOKEN = "em-secret-token-123"
 
 
+#: 2026-01-10T09:00:00Z, 10:00 and 11:00 in unix seconds.
+H9 = 1768035600
+H10 = H9 + 3600
+H11 = H9 + 7200
+
+
 class FakeApi:
-    """What the fake API answers next, and what it saw."""
+    """What the fake API answers next, and what it saw. ``mode`` applies to the latest endpoint,
+    ``range_mode`` to past-range (``None``: same as ``mode``)."""
 
     def __init__(self) -> None:
         self.mode = "good"
+        self.range_mode: str | None = None
         self.intensity: object = 312.5
+        #: The past-range ``data`` list, as the API sends it (hourly, ``datetime`` at the start of the hour).
+        self.hourly: list[dict[str, Any]] = [
+            {
+                "zone": "IE",
+                "datetime": "2026-01-10T09:00:00.000Z",
+                "carbonIntensity": 200,
+                "isEstimated": False,
+            },
+            {
+                "zone": "IE",
+                "datetime": "2026-01-10T10:00:00.000Z",
+                "carbonIntensity": 300,
+                "isEstimated": False,
+            },
+            {
+                "zone": "IE",
+                "datetime": "2026-01-10T11:00:00.000Z",
+                "carbonIntensity": 260,
+                "isEstimated": True,
+            },
+        ]
         self.requests: list[tuple[str, str | None]] = []
 
 
@@ -45,12 +75,17 @@ def api() -> Iterator[tuple[FakeApi, str]]:
 
         def do_GET(self) -> None:
             state.requests.append((self.path, self.headers.get("auth-token")))
-            if state.mode == "slow":
+            past = self.path.startswith("/v3/carbon-intensity/past-range?")
+            mode = (state.range_mode or state.mode) if past else state.mode
+            if mode == "slow":
                 time.sleep(1.0)
-            if state.mode == "500":
+            if mode == "500":
                 body, code = b'{"error": "internal"}', 500
-            elif state.mode == "garbage":
+            elif mode == "garbage":
                 body, code = b"<html>not json", 200
+            elif past:
+                answer = {"zone": "IE", "temporalGranularity": "hourly", "data": state.hourly}
+                body, code = json.dumps(answer).encode(), 200
             else:
                 body, code = json.dumps({"zone": "IE", "carbonIntensity": state.intensity}).encode(), 200
             self.send_response(code)
@@ -89,10 +124,6 @@ class TestTables:
         assert pricing.electricity_price().value == price
         assert pricing.co2_intensity().value == co2
         assert pricing.electricity_price().source == "table"
-
-    def test_co2_emissions(self) -> None:
-        # 2 kWh at 390 g/kWh = 780 g = 0.78 kg.
-        assert RegionalPricing("us-east-1").compute_co2_emissions(2.0) == pytest.approx(0.78, rel=1e-12)
 
 
 class TestConfig:
@@ -187,3 +218,100 @@ class TestElectricityMaps:
             assert em.carbon_intensity("IE") is None
         assert TOKEN not in caplog.text
         assert "***" in repr(em) and TOKEN not in repr(em)
+
+
+#: A run from 09:15:00Z to 11:45:00Z.
+WINDOW = (H9 + 900.0, H11 + 2700.0)
+PAST_RANGE_REQUEST = (
+    "/v3/carbon-intensity/past-range?zone=IE&start=2026-01-10T09%3A00%3A00Z&end=2026-01-10T12%3A00%3A00Z",
+    TOKEN,
+)
+
+
+class TestPastRange:
+    def test_time_weighted_mean_of_the_runs_hours(self, api: tuple[FakeApi, str]) -> None:
+        state, base = api
+        pricing = RegionalPricing("eu-west-1", electricity_maps=client(base))
+        got = pricing.co2_intensity(WINDOW)
+        # 09:15-10:00 is 2700 s at 200, 10:00-11:00 3600 s at 300, 11:00-11:45 2700 s at 260:
+        # (200 x 2700 + 300 x 3600 + 260 x 2700) / 9000 = (540000 + 1080000 + 702000) / 9000 = 258.0
+        # (the plain hourly mean would be 760 / 3 = 253.33).
+        assert got.value == pytest.approx(258.0, rel=1e-12) and got.source == "electricity-maps-past"
+        assert state.requests == [PAST_RANGE_REQUEST]  # hour-aligned: 09:00 to 12:00, token in the header
+        # Another run in the same hours is answered from the cache: 09:30-11:30 weighs 1800, 3600, 1800 s:
+        # (200 x 1800 + 300 x 3600 + 260 x 1800) / 7200 = 1908000 / 7200 = 265.0.
+        again = pricing.co2_intensity((H9 + 1800.0, H11 + 1800.0))
+        assert again.value == pytest.approx(265.0, rel=1e-12) and again.source == "electricity-maps-past"
+        assert len(state.requests) == 1
+        # Without a window: exactly as before, the latest figure.
+        latest = pricing.co2_intensity()
+        assert (latest.value, latest.source) == (312.5, "electricity-maps")
+        assert state.requests[1] == ("/v3/carbon-intensity/latest?zone=IE", TOKEN)
+
+    def test_a_window_inside_one_hour_and_hours_without_a_figure(self, api: tuple[FakeApi, str]) -> None:
+        state, base = api
+        state.hourly[1]["carbonIntensity"] = None  # the API has no figure for 10:00
+        em = client(base)
+        # 10:10-10:50 lies in the hour without a figure: no datum overlaps, so no past figure.
+        assert em.carbon_intensity_between("IE", H10 + 600.0, H10 + 3000.0) is None
+        # 09:15-11:45 without the 10:00 hour: (200 x 2700 + 260 x 2700) / 5400 = 230.0.
+        assert em.carbon_intensity_between("IE", *WINDOW) == pytest.approx(230.0, rel=1e-12)
+        # 09:20-09:40 only: the 09:00 figure.
+        assert em.carbon_intensity_between("IE", H9 + 1200.0, H9 + 2400.0) == 200.0
+
+    @pytest.mark.parametrize("mode", ["slow", "500", "garbage", "empty", "negative"])
+    def test_failures_fall_back_to_latest_with_one_warning_and_no_token(
+        self, api: tuple[FakeApi, str], mode: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        state, base = api
+        state.range_mode = mode if mode in ("slow", "500", "garbage") else "good"
+        if mode == "empty":
+            state.hourly = []
+        if mode == "negative":
+            state.hourly[0]["carbonIntensity"] = -5
+        pricing = RegionalPricing("eu-west-1", electricity_maps=client(base))
+        with caplog.at_level(logging.DEBUG):
+            first = pricing.co2_intensity(WINDOW)
+            second = pricing.co2_intensity(WINDOW)  # the failure is remembered: past-range is not asked again
+        assert (first.value, first.source) == (312.5, "electricity-maps")
+        assert (second.value, second.source) == (312.5, "electricity-maps")
+        assert [r for r, _ in state.requests].count(PAST_RANGE_REQUEST[0]) == 1
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "past-range" in warnings[0].getMessage()
+        assert TOKEN not in caplog.text
+
+    def test_failure_expires_after_the_failure_ttl(self, api: tuple[FakeApi, str]) -> None:
+        state, base = api
+        state.range_mode = "500"
+        now = [0.0]
+        em = client(base, failure_ttl_s=300, clock=lambda: now[0])
+        assert em.carbon_intensity_between("IE", *WINDOW) is None
+        state.range_mode = "good"
+        now[0] = 299.0
+        assert em.carbon_intensity_between("IE", *WINDOW) is None  # still remembered
+        now[0] = 301.0
+        assert em.carbon_intensity_between("IE", *WINDOW) == pytest.approx(258.0, rel=1e-12)
+        assert len(state.requests) == 2
+
+    def test_everything_down_gives_the_table(
+        self, api: tuple[FakeApi, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        state, base = api
+        state.mode = "500"
+        with caplog.at_level(logging.WARNING):
+            got = RegionalPricing("eu-west-1", electricity_maps=client(base)).co2_intensity(WINDOW)
+        assert (got.value, got.source) == (250, "table")
+        assert len(state.requests) == 2  # past-range, then latest
+        assert TOKEN not in caplog.text
+
+    def test_no_token_or_config_never_calls(self, api: tuple[FakeApi, str]) -> None:
+        state, base = api
+        # Without a token there is no client: the window changes nothing.
+        untokened = RegionalPricing("eu-west-1").co2_intensity(WINDOW)
+        assert (untokened.value, untokened.source) == (250, "table")
+        with pytest.raises(ValueError, match="token is required"):
+            ElectricityMapsClient("", base_url=base)
+        config = PricingConfig(co2_intensity={"eu-west-1": 123.0})
+        configured = RegionalPricing("eu-west-1", config, client(base)).co2_intensity(WINDOW)
+        assert (configured.value, configured.source) == (123.0, "config")
+        assert state.requests == []

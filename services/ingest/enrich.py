@@ -28,7 +28,12 @@ log = logging.getLogger("ingest.enrich")
 
 
 class TelemetryQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """PromQL per measurement. ``{window}`` in ``energy_joules`` is replaced by the window in seconds."""
+    """PromQL per measurement. ``{window}`` in the instant queries (``energy_joules``, ``gpu_energy_joules``)
+    is replaced by the window in seconds.
+
+    The GPU queries read the NVIDIA DCGM exporter's default counters; on a machine without GPUs they return
+    nothing and the GPU fields stay empty (not an error).
+    """
 
     #: Instant query at ``time=int(end)``, window ``max(1, int(end - start))`` s -> ``energy_joules`` (J).
     #: Feeds total energy, mean power (energy / duration), energy per minute/Mbps/frame, efficiency.
@@ -42,6 +47,15 @@ class TelemetryQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: Range query -> ``power_all_zones_watts`` (W, every RAPL zone, as the old cost exporter). Feeds the
     #: load-aware energy cost and the hourly/monthly cost and CO2 figures.
     power_all_zones_watts: str = "sum(rapl_power_watts)"
+    #: Range query -> ``gpu_power_watts`` (W): board power draw summed over the GPUs.
+    gpu_power_watts: str = "sum(DCGM_FI_DEV_POWER_USAGE)"
+    #: Instant query like ``energy_joules`` -> ``gpu_energy_joules`` (J). The DCGM counter counts
+    #: millijoules since boot, hence ``/ 1000``.
+    gpu_energy_joules: str = "sum(increase(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[{window}s])) / 1000"
+    #: Range query -> ``gpu_usage_cores`` (GPUs busy): SM utilisation % / 100, summed over the GPUs.
+    gpu_usage_cores: str = "sum(DCGM_FI_DEV_GPU_UTIL) / 100"
+    #: Range query -> ``gpu_encoder_percent`` (%): NVENC utilisation, averaged over the GPUs (0-100).
+    gpu_encoder_percent: str = "avg(DCGM_FI_DEV_ENC_UTIL)"
     #: Range-query resolution, seconds.
     step_seconds: float = 5.0
 
@@ -55,7 +69,17 @@ class TelemetryQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
             raise SystemExit(f"configuration error: telemetry queries file {path}: {exc}") from None
 
 
-RANGE_FIELDS = ("power_watts", "container_cpu_percent", "cpu_usage_cores", "power_all_zones_watts")
+RANGE_FIELDS = (
+    "power_watts",
+    "container_cpu_percent",
+    "cpu_usage_cores",
+    "power_all_zones_watts",
+    "gpu_power_watts",
+    "gpu_usage_cores",
+    "gpu_encoder_percent",
+)
+#: Instant queries evaluated at ``int(end)`` over the ``{window}``; each gives one number.
+INSTANT_FIELDS = ("energy_joules", "gpu_energy_joules")
 
 
 @dataclass(frozen=True)
@@ -114,13 +138,10 @@ class Enricher:
         q = self.settings.queries
         window = max(1, int(end - start))
         step = q.step_seconds
-        jobs: dict[str, asyncio.Task[list[Series]]] = {
-            "energy_joules": asyncio.ensure_future(
-                self._call(
-                    deadline, self.client.query, q.energy_joules.replace("{window}", str(window)), int(end)
-                )
-            ),
-        }
+        jobs: dict[str, asyncio.Task[list[Series]]] = {}
+        for name in INSTANT_FIELDS:
+            expr = getattr(q, name).replace("{window}", str(window))
+            jobs[name] = asyncio.ensure_future(self._call(deadline, self.client.query, expr, int(end)))
         for name in RANGE_FIELDS:
             expr = getattr(q, name)
             jobs[name] = asyncio.ensure_future(
@@ -135,7 +156,7 @@ class Enricher:
                 failures.append(f"{name}: {exc}")
                 continue
             result = job.result()
-            if name == "energy_joules":
+            if name in INSTANT_FIELDS:
                 value = result[0].values[0] if result and result[0].values else None
                 if value is not None:
                     fields[name] = value
