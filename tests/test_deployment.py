@@ -345,13 +345,87 @@ def test_dashboards_are_generated_from_the_script() -> None:
     assert committed == generated, "run: python scripts/make_dashboards.py"
 
 
-def all_queries() -> list[tuple[str, str]]:
-    """(where, expr) for every PromQL expression in the dashboards and alert rules."""
+def walk(node: object) -> Iterator[tuple[str, object]]:
+    """Every (key, value) pair anywhere in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+BOARDS = sorted(DASHBOARDS.glob("*.json"))
+
+
+class TestDashboards:
+    def test_there_are_dashboards(self) -> None:
+        assert len(BOARDS) >= 4
+
+    @pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+    def test_importable_anywhere(self, board: Path) -> None:
+        """No datasource uid is written: everything goes through the ``datasource`` variable, whose default
+        is the ``__inputs`` placeholder that "Import dashboard" asks for."""
+        loaded = json.loads(board.read_text())
+        (source_input,) = loaded["__inputs"]
+        assert source_input["type"] == "datasource" and source_input["pluginId"] == "prometheus"
+        variables = {v["name"]: v for v in loaded["templating"]["list"]}
+        source = variables["datasource"]
+        assert source["type"] == "datasource" and source["query"] == "prometheus"
+        assert source["current"]["value"] == f"${{{source_input['name']}}}"
+        references = [value for key, value in walk(loaded) if key == "datasource"]
+        assert len(references) > len(loaded["panels"])  # panels and their targets
+        assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in references), references
+        assert "DS_VICTORIAMETRICS" not in board.read_text()
+        for panel in loaded["panels"]:
+            assert panel["fieldConfig"]["defaults"]["unit"], (board.name, panel["title"])
+            assert panel["targets"], (board.name, panel["title"])
+
+    @pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+    def test_results_panels_follow_the_run_variable(self, board: Path) -> None:
+        loaded = json.loads(board.read_text())
+        variables = {v["name"]: v for v in loaded["templating"]["list"]}
+        exprs = [target["expr"] for panel in loaded["panels"] for target in panel["targets"]]
+        for expr in exprs:
+            # Every results_scenario_* series carries run_id; each selection of one filters on $run.
+            assert len(re.findall(r"results_scenario_\w+", expr)) == expr.count('{run_id="$run"}'), expr
+        if any("$run" in e for e in exprs):
+            run = variables["run"]
+            assert run["type"] == "query"
+            assert run["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert run["query"]["query"] == "label_values(results_scenario_mean_power_watts, run_id)"
+            assert run["sort"] == 2  # descending: the default is the latest run
+        else:
+            assert "run" not in variables
+
+    def test_provisioned_datasource_is_what_the_variable_picks(self) -> None:
+        """Provisioned dashboards keep the import placeholder, which names no datasource, so Grafana picks
+        the default one of the variable's type: the provisioned VictoriaMetrics must be that default and of
+        the type the variable lists."""
+        (source,) = yaml.safe_load(
+            (REPO / "deploy/grafana/provisioning/datasources/victoriametrics.yml").read_text()
+        )["datasources"]
+        assert source["isDefault"] is True and source["type"] == "prometheus"
+
+    def test_a_panel_joins_results_with_qoe(self) -> None:
+        exprs = [
+            target["expr"]
+            for board in BOARDS
+            for panel in json.loads(board.read_text())["panels"]
+            for target in panel["targets"]
+        ]
+        assert any("results_scenario_" in e and "qoe_" in e and "label_replace" in e for e in exprs)
+
+
+def all_queries(run: str = "") -> list[tuple[str, str]]:
+    """(where, expr) for every PromQL expression in the dashboards and alert rules, with ``$run`` replaced
+    as the dashboards' run variable would replace it."""
     out = []
-    for board in sorted(DASHBOARDS.glob("*.json")):
+    for board in BOARDS:
         for panel in json.loads(board.read_text())["panels"]:
             for target in panel["targets"]:
-                out.append((f"{board.name}: {panel['title']}", target["expr"]))
+                out.append((f"{board.name}: {panel['title']}", target["expr"].replace("$run", run)))
     for group in yaml.safe_load(ALERTS.read_text())["groups"]:
         for rule in group["rules"]:
             out.append((f"alert {rule['alert']}", rule["expr"]))
@@ -415,6 +489,19 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def run_ids(base: str) -> list[str]:
+    """The ``run`` variable's values, through the same API Grafana's label_values() uses."""
+    url = f"{base}/api/v1/label/run_id/values?" + urllib.parse.urlencode(
+        {"match[]": "results_scenario_mean_power_watts"}
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            values: list[str] = json.load(response)["data"]
+    except OSError:
+        return []
+    return values
+
+
 @pytest.mark.slow
 def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_system: tuple[str, Path]) -> None:
     base, results = scraped_system
@@ -429,11 +516,17 @@ def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_syste
     run["scenarios"][3]["viewers"] = 250
     (results / "test_results_20260101_000000.json").write_text(json.dumps(run))
     (results / "test_results_20250101_000000.json").write_text('{"scenarios": [{"fps": "thirty"}]}')
-    queries = all_queries()
+    # $run as the dashboards' variable resolves it: label_values(results_scenario_mean_power_watts, run_id),
+    # greatest first. Until the run's results are scraped there is no value, so resolve it in the loop.
+    run_id = ""
+    queries = all_queries(run_id)
     assert len(queries) > 40
     deadline = time.monotonic() + 90
     missing: list[str] = []
     while time.monotonic() < deadline:
+        if not run_id:
+            run_id = max(run_ids(base), default="")
+            queries = all_queries(run_id)
         missing = []
         for where, expr in queries:
             try:
@@ -447,6 +540,7 @@ def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_syste
             break
         time.sleep(1)
     assert missing == [], "queries without data:\n" + "\n".join(missing)
+    assert run_id == "test_results_20260101_000000"  # the variable's default is the latest run
     # The alerts that should fire in this system do: a file was rejected and enrichment failed.
     assert query(base, "increase(transcode_ingest_rejected_files_total[15m]) > 0")
     assert query(base, "increase(transcode_enrichment_failures_total[30m]) > 0")
