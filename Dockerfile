@@ -1,22 +1,51 @@
-# One image for every service: `docker run transcode-energy <ingest|modeling|cost|qoe|exporter> ...`.
+# One image for every service: `docker run transcode-energy <ingest|modeling|cost|qoe|exporter> ...`, plus a
+# `qoe` target that adds an ffmpeg with libvmaf for the QoE worker:
+#   docker build -t transcode-energy .                    # ingest, modeling, cost, exporter (default target)
+#   docker build --target qoe -t transcode-energy-qoe .   # the QoE worker
+#
+# Why a separate target: Debian bookworm's ffmpeg is not built with libvmaf (bookworm has no libvmaf package),
+# so VMAF needs another ffmpeg. The imageio-ffmpeg wheel from PyPI ships a static ffmpeg built with
+# --enable-libvmaf, about 170 MB; only the QoE worker runs ffmpeg, so only its image carries it and the four
+# other services keep the slim image.
+
 # Build stage: resolve and build wheels (numpy, scipy and msgspec come as manylinux wheels).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY services ./services
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels-qoe "imageio-ffmpeg>=0.5"
 
-# Final stage: no compilers, no build tools, a non-root user.
-FROM python:3.11-slim
+# Runtime: no compilers, no build tools, a non-root user.
+FROM python:3.11-slim AS runtime
 RUN useradd --create-home --uid 10001 --user-group te
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels
+# Stdlib-only probe (milliseconds per run, where `transcode-energy healthcheck` imports every service).
+COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/te-healthcheck
+# Ingest and the workers serve /metrics, /health and /ready on 8080 unless told otherwise, so the default
+# HEALTHCHECK below always has a listener to probe; the exporter serves METRICS_PORT (9520). te-healthcheck
+# reads the main process's command line and these variables to pick the port that service really serves.
+ENV PYTHONUNBUFFERED=1 \
+    STATUS_PORT=8080 \
+    INGEST_STATUS_PORT=8080
 USER te
 WORKDIR /home/te
-ENV PYTHONUNBUFFERED=1 \
-    HEALTHCHECK_URL=http://127.0.0.1:8080/health
-# Each service serves /health on its status port (8080 in docker-compose.yml; the gateway on 9520).
-HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["transcode-energy", "healthcheck"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["te-healthcheck"]
 ENTRYPOINT ["transcode-energy"]
 CMD ["--help"]
+
+# The QoE worker: the runtime plus ffmpeg with libvmaf, found as `ffmpeg` on PATH (the worker's --ffmpeg
+# default). The build fails here if that ffmpeg lacks the libvmaf filter.
+FROM runtime AS qoe
+USER root
+COPY --from=build /wheels-qoe /wheels-qoe
+RUN pip install --no-cache-dir --no-compile /wheels-qoe/*.whl && rm -rf /wheels-qoe \
+ && ln -s "$(python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" /usr/local/bin/ffmpeg \
+ && ffmpeg -hide_banner -filters | grep -q ' libvmaf '
+USER te
+CMD ["qoe"]
+
+# The default target (a plain `docker build .`) is the slim runtime.
+FROM runtime

@@ -2,6 +2,20 @@
 
 The JSON files are generated so that every panel has a datasource, a unit and a query; tests check that the
 committed files are current and evaluate every query against a real Prometheus scraping the gateway.
+
+Importable anywhere: no datasource uid is written. Panels use the dashboard variable ``${datasource}``
+(type datasource, any Prometheus-compatible source); its default is the ``__inputs`` entry
+``${DS_PROMETHEUS}``, which "Import dashboard" asks for and replaces with the chosen uid. Provisioned (not
+imported) dashboards keep the placeholder, which matches no datasource, so Grafana selects the default one:
+the provisioned VictoriaMetrics (``isDefault: true``).
+
+``$run`` selects the run shown by results-family panels (the only family with a ``run_id`` label). Its values
+are ``label_values(results_scenario_mean_power_watts, run_id)``: the runs that have results series in the
+time range (``transcode_gateway_latest_run_info`` would also list a run whose results are not computed yet),
+sorted descending, so the default is the greatest run id, the latest run, as the gateway itself defines it.
+
+To add a dashboard, add one entry to ``DASHBOARDS``; a panel whose query contains ``$run`` gets the ``run``
+variable on its dashboard automatically.
 """
 
 from __future__ import annotations
@@ -11,7 +25,22 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "DS_VICTORIAMETRICS"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+#: The import-time input; ``${DS_PROMETHEUS}`` in the JSON is replaced by the uid the user picks.
+DS_INPUT = "DS_PROMETHEUS"
+RUN_QUERY = "label_values(results_scenario_mean_power_watts, run_id)"
+RUN = 'run_id="$run"'
+
+
+def underscored(expr: str, spaces: int = 8) -> str:
+    """``expr`` with its ``scenario`` label in the cost/QoE form (spaces as ``_``), for joining results
+    series (raw names) with QoE and cost series. label_replace replaces one match per call, so each nested
+    call turns the last remaining space into ``_``; a name with more than ``spaces`` spaces keeps some and
+    does not join. ``${1}`` rather than ``$1``: Go's template expansion would read ``$1_`` as a group name."""
+    for _ in range(spaces):
+        expr = f'label_replace({expr}, "scenario", "${{1}}_${{2}}", "scenario", "(.*) (.*)")'
+    return expr
+
 
 # (title, panel type, unit, [(expr, legend)], width)
 Panel = tuple[str, str, str, list[tuple[str, str]], int]
@@ -111,6 +140,28 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 [("qoe_computation_duration_seconds", "{{scenario}}")],
                 8,
             ),
+            (
+                # A join across families: results carry the raw scenario name, QoE the underscored one.
+                "Energy per VMAF point (results joined with QoE)",
+                "bargauge",
+                "watth",
+                [
+                    (
+                        underscored(f"results_scenario_total_energy_wh{{{RUN}}}")
+                        + " / on(scenario) group_left() qoe_vmaf_score",
+                        "{{scenario}}",
+                    )
+                ],
+                12,
+            ),
+            (
+                # QoE and cost share the underscored name: no relabelling needed.
+                "Monthly cost per VMAF point (cost joined with QoE)",
+                "bargauge",
+                "currencyUSD",
+                [("cost_monthly_projection / on(scenario) group_left() qoe_vmaf_score", "{{scenario}}")],
+                12,
+            ),
         ],
     ),
     "results-overview": (
@@ -121,35 +172,40 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "Mean power by scenario",
                 "bargauge",
                 "watt",
-                [("results_scenario_mean_power_watts", "{{scenario}}")],
+                [(f"results_scenario_mean_power_watts{{{RUN}}}", "{{scenario}}")],
                 18,
             ),
             (
                 "Energy by scenario",
                 "bargauge",
                 "joule",
-                [("results_scenario_total_energy_joules", "{{scenario}}")],
+                [(f"results_scenario_total_energy_joules{{{RUN}}}", "{{scenario}}")],
                 12,
             ),
             (
                 "Power above idle baseline",
                 "bargauge",
                 "watt",
-                [("results_scenario_delta_power_watts", "{{scenario}}")],
+                [(f"results_scenario_delta_power_watts{{{RUN}}}", "{{scenario}}")],
                 12,
             ),
             (
                 "Efficiency by output ladder (best scenario, pixels/J)",
                 "bargauge",
                 "short",
-                [("max by (output_ladder) (results_scenario_efficiency_score)", "{{output_ladder}}")],
+                [
+                    (
+                        f"max by (output_ladder) (results_scenario_efficiency_score{{{RUN}}})",
+                        "{{output_ladder}}",
+                    )
+                ],
                 12,
             ),
             (
                 "Energy per frame",
                 "bargauge",
                 "short",
-                [("results_scenario_energy_mj_per_frame", "{{scenario}} (mJ)")],
+                [(f"results_scenario_energy_mj_per_frame{{{RUN}}}", "{{scenario}} (mJ)")],
                 12,
             ),
             (
@@ -157,10 +213,10 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "timeseries",
                 "watt",
                 [
-                    ("results_scenario_predicted_power_watts", "predicted {{scenario}}"),
-                    ("results_scenario_prediction_interval_low_watts", "low {{scenario}}"),
-                    ("results_scenario_prediction_interval_high_watts", "high {{scenario}}"),
-                    ("results_scenario_mean_power_watts", "measured {{scenario}}"),
+                    (f"results_scenario_predicted_power_watts{{{RUN}}}", "predicted {{scenario}}"),
+                    (f"results_scenario_prediction_interval_low_watts{{{RUN}}}", "low {{scenario}}"),
+                    (f"results_scenario_prediction_interval_high_watts{{{RUN}}}", "high {{scenario}}"),
+                    (f"results_scenario_mean_power_watts{{{RUN}}}", "measured {{scenario}}"),
                 ],
                 24,
             ),
@@ -169,8 +225,8 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "timeseries",
                 "watt",
                 [
-                    ("results_scenario_prediction_confidence_low", "low {{scenario}}"),
-                    ("results_scenario_prediction_confidence_high", "high {{scenario}}"),
+                    (f"results_scenario_prediction_confidence_low{{{RUN}}}", "low {{scenario}}"),
+                    (f"results_scenario_prediction_confidence_high{{{RUN}}}", "high {{scenario}}"),
                 ],
                 12,
             ),
@@ -178,14 +234,14 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "Container CPU",
                 "timeseries",
                 "percent",
-                [("results_scenario_container_cpu_percent", "{{scenario}}")],
+                [(f"results_scenario_container_cpu_percent{{{RUN}}}", "{{scenario}}")],
                 12,
             ),
             (
                 "Scenario duration",
                 "timeseries",
                 "s",
-                [("results_scenario_duration_seconds", "{{scenario}}")],
+                [(f"results_scenario_duration_seconds{{{RUN}}}", "{{scenario}}")],
                 12,
             ),
             (
@@ -194,7 +250,7 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "watt",
                 [
                     (
-                        "avg by (streams, encoder_type) (results_scenario_mean_power_watts)",
+                        f"avg by (streams, encoder_type) (results_scenario_mean_power_watts{{{RUN}}})",
                         "{{streams}} streams {{encoder_type}}",
                     ),
                 ],
@@ -275,6 +331,43 @@ def panel(index: int, spec: Panel, x: int, y: int) -> dict[str, Any]:
     }
 
 
+def variables(panels: list[Panel]) -> list[dict[str, Any]]:
+    """``datasource`` always; ``run`` when a panel filters on it."""
+    out: list[dict[str, Any]] = [
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {"text": f"${{{DS_INPUT}}}", "value": f"${{{DS_INPUT}}}"},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        }
+    ]
+    if any("$run" in expr for spec in panels for expr, _ in spec[3]):
+        out.append(
+            {
+                "name": "run",
+                "label": "Run",
+                "type": "query",
+                "datasource": DATASOURCE,
+                "definition": RUN_QUERY,
+                "query": {"query": RUN_QUERY, "refId": "run"},
+                "refresh": 2,  # on time-range change: a new run appears without reloading the dashboard
+                "sort": 2,  # alphabetical, descending: the first (default) value is the latest run
+                "current": {},
+                "hide": 0,
+                "includeAll": False,
+                "multi": False,
+                "options": [],
+                "regex": "",
+            }
+        )
+    return out
+
+
 def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
     laid_out = []
     x = y = 0
@@ -285,6 +378,17 @@ def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
         laid_out.append(panel(i, spec, x, y))
         x += width
     return {
+        "__inputs": [
+            {
+                "name": DS_INPUT,
+                "label": "Prometheus or VictoriaMetrics",
+                "description": "where the transcode-energy gateway (:9520) is scraped",
+                "type": "datasource",
+                "pluginId": "prometheus",
+                "pluginName": "Prometheus",
+            }
+        ],
+        "__requires": [{"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
         "uid": f"te-{uid}",
         "title": title,
         "tags": ["transcode-energy"],
@@ -293,7 +397,7 @@ def dashboard(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
         "version": 1,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": []},
+        "templating": {"list": variables(panels)},
         "panels": laid_out,
     }
 

@@ -37,7 +37,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.cost import SECONDS_PER_HOUR
 from shared.parsing import is_baseline, output_ladder_id, stream_count
 from shared.recommender import Candidate, best_per_ladder, pareto_front, rank, rank_by_ladder
 from shared.schemas import (
@@ -63,6 +62,7 @@ from shared.scoring import (
     validate_vmaf,
     vmaf_of,
 )
+from shared.units import SECONDS_PER_HOUR
 
 MAX_RECOMMENDATIONS = 5
 

@@ -209,15 +209,47 @@ async def ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> js
     return await js.update_stream(config)
 
 
+class BucketUpdateError(RuntimeError):
+    """The server refused to bring an existing KV bucket to the requested settings (e.g. R3 on one node)."""
+
+
 async def ensure_kv(
     js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1, max_bytes: int | None = None
 ) -> KeyValue:
+    """Create the bucket, or bring an existing one to ``history`` and ``replicas`` (and ``max_bytes`` when
+    given; ``None`` keeps whatever limit the bucket has).
+
+    Buckets follow ``JS_REPLICAS`` like the streams do: a deployment that grows from one NATS node to three
+    must not keep its KV state on a single replica because the bucket happened to exist already. A bucket is
+    the stream ``KV_<bucket>``, so the update starts from that stream's current configuration and changes
+    only the requested fields (TTL, storage, value size and the KV flags stay as they are).
+    """
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(
             js_api.KeyValueConfig(bucket=bucket, history=history, replicas=replicas, max_bytes=max_bytes)
         )
+    stream = f"KV_{bucket}"
+    current = (await js.stream_info(stream)).config
+    wanted = {"num_replicas": replicas, "max_msgs_per_subject": history}
+    if max_bytes is not None:
+        wanted["max_bytes"] = max_bytes
+    if all(getattr(current, name) == value for name, value in wanted.items()):
+        return kv
+    try:
+        await js.update_stream(current.evolve(**wanted))
+    except nats.js.errors.APIError as exc:
+        # Not transient: retrying cannot give a single-node server a third replica. Say which bucket and
+        # what was asked, so the operator can fix JS_REPLICAS or the cluster.
+        raise BucketUpdateError(
+            f"KV bucket {bucket!r} (stream {stream}): the server refused to change "
+            f"replicas {current.num_replicas} -> {replicas}, history {current.max_msgs_per_subject} -> "
+            f"{history}, max_bytes {current.max_bytes} -> {wanted.get('max_bytes', current.max_bytes)}: "
+            f"{exc.description or exc}"
+        ) from exc
+    log.info("updated KV bucket %s: replicas=%s history=%s", bucket, replicas, history)
+    return kv
 
 
 async def ensure_pull_consumer(

@@ -25,11 +25,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.cost import HOURS_PER_MONTH, co2_kg_per_hour
+from shared.cost import co2_kg_per_hour
 from shared.schemas import FleetPlan
+from shared.units import DAYS_PER_MONTH
 
-#: 720 h / 24 h: the days of the monthly projection (shared.cost's convention, not a new constant).
-_DAYS_PER_MONTH = HOURS_PER_MONTH / 24.0
 _WH_PER_KWH = 1000.0
 
 
@@ -44,7 +43,7 @@ class HostPower:
 
 def monthly_hours(hours_per_day: float) -> float:
     """hours_per_day x 30 days (= HOURS_PER_MONTH = 720 at 24 h/day)."""
-    return hours_per_day * _DAYS_PER_MONTH
+    return hours_per_day * DAYS_PER_MONTH
 
 
 def _sum(full_hosts: int, full: float | None, remainder: float | None, has_remainder: bool) -> float | None:

@@ -22,7 +22,7 @@ import yaml
 
 from services.cli import build_parser
 from services.up import free_port
-from tests.conftest import REPO, start_prometheus, up_argv
+from tests.conftest import REPO, require_binary, start_prometheus, up_argv
 from tests.test_gateway_e2e import make_run
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -42,6 +42,34 @@ def cli_defaults(command: str) -> dict[str, Any]:
     return vars(parser.parse_args([command]))
 
 
+def interpolate(value: object) -> str:
+    """A compose environment value as compose would pass it with nothing set: ``${X:-d}`` -> ``d``."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", str(value))
+
+
+def merged_environment(name: str, files: tuple[Path, ...]) -> dict[str, str]:
+    """The environment a service gets from ``docker compose -f a -f b``: later files add and override keys."""
+    env: dict[str, str] = {}
+    for path in files:
+        service = compose(path)["services"].get(name, {})
+        env.update({key: interpolate(value) for key, value in service.get("environment", {}).items()})
+    return env
+
+
+#: Every variable a port flag reads: cleared first so the developer's own environment cannot leak in.
+PORT_VARIABLES = ("STATUS_PORT", "INGEST_STATUS_PORT", "METRICS_PORT", "HEALTHCHECK_URL")
+
+healthcheck_script: dict[str, Any] = runpy.run_path(str(REPO / "deploy/docker/healthcheck.py"))
+
+
+def served_port(args: dict[str, Any]) -> int:
+    """The port a parsed service configuration serves /ready on: the gateway's all-families listener, or a
+    worker's or ingest's status listener."""
+    port = args["metrics_port"] if args["command"] == "exporter" else args["status_port"]
+    assert isinstance(port, int)
+    return port
+
+
 class TestCompose:
     def test_both_files_parse_and_run_our_five_services(self) -> None:
         services = compose()["services"]
@@ -53,27 +81,69 @@ class TestCompose:
             assert cluster[name]["environment"]["JS_REPLICAS"] == "3"
             assert cluster[name]["environment"]["NATS_URL"].count("nats://") == 3
 
+    def test_every_service_restarts(self) -> None:
+        for path in (COMPOSE, CLUSTER):
+            for name, service in compose(path)["services"].items():
+                if path == CLUSTER and name in compose()["services"]:
+                    continue  # an override of a base service inherits the base's policy
+                assert service.get("restart") == "unless-stopped", (path.name, name)
+
     def test_every_command_is_a_real_subcommand(self) -> None:
         parser = build_parser()
         for name in OUR_SERVICES:
             service = compose()["services"][name]
-            assert service["image"] == "transcode-energy:latest"
+            expected = "transcode-energy-qoe:latest" if name == "qoe" else "transcode-energy:latest"
+            assert service["image"] == expected
             command = service["command"]
             assert command[0] == name
             parser.parse_args(command)  # exits (fails the test) on an unknown flag
+        qoe = compose()["services"]["qoe"]["build"]
+        assert re.search(rf"^FROM \S+ AS {qoe['target']}$", (REPO / "Dockerfile").read_text(), re.MULTILINE)
 
-    def test_every_service_has_a_healthcheck_on_a_port_it_serves(self) -> None:
-        parser = build_parser()
+    @pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, CLUSTER)], ids=["single", "cluster"])
+    def test_every_healthcheck_probes_the_port_its_service_listens_on(
+        self, files: tuple[Path, ...], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The port in each compose healthcheck URL, and the one the image's default probe would pick, is
+        the port the service's own configuration (command line + environment, as parsed by the real CLI)
+        listens on."""
         services = compose()["services"]
         for name, service in services.items():
             assert "healthcheck" in service, name
-            if name not in OUR_SERVICES:
-                continue
-            url = service["healthcheck"]["test"][-1]
-            port = int(re.search(r":(\d+)/", url).group(1))  # type: ignore[union-attr]
-            args = vars(parser.parse_args(service["command"]))
-            served = {args.get("status_port"), args.get("metrics_port")}
-            assert port in served, (name, url, served)
+        for name in sorted(OUR_SERVICES):
+            env = merged_environment(name, files)
+            with monkeypatch.context() as patch:
+                for variable in PORT_VARIABLES:
+                    patch.delenv(variable, raising=False)
+                for key, value in env.items():
+                    patch.setenv(key, value)
+                parser = build_parser()  # flags read their variables when declared
+                args = vars(parser.parse_args(services[name]["command"]))
+            port = served_port(args)
+            assert port != 0, f"{name} serves no status port in compose"
+            test = services[name]["healthcheck"]["test"]
+            assert test[:2] == ["CMD", "te-healthcheck"], (name, test)
+            url = urllib.parse.urlsplit(test[2])
+            assert (url.hostname, url.port, url.path) == ("127.0.0.1", port, "/ready"), (name, test)
+            # The image's own HEALTHCHECK (no URL) reads the main process's argv and the same variables.
+            argv = ["/usr/local/bin/python", "/usr/local/bin/transcode-energy", *services[name]["command"]]
+            assert healthcheck_script["served_port"](argv, {**IMAGE_ENV, **env}) == port, name
+
+    def test_the_image_default_probe_never_picks_a_port_nothing_serves(self) -> None:
+        """With the image's environment and no flags, every service listens somewhere, and the default probe
+        picks exactly that port (the parser is built with the image's variables only)."""
+        saved = {k: os.environ.pop(k) for k in PORT_VARIABLES if k in os.environ}
+        try:
+            os.environ.update(IMAGE_ENV)
+            parser = build_parser()
+            for name in sorted(OUR_SERVICES):
+                port = served_port(vars(parser.parse_args([name])))
+                argv = ["python", "transcode-energy", name]
+                assert port != 0 and healthcheck_script["served_port"](argv, IMAGE_ENV) == port, name
+        finally:
+            for key in IMAGE_ENV:
+                os.environ.pop(key, None)
+            os.environ.update(saved)
 
     def test_mounted_files_exist(self) -> None:
         for path in (COMPOSE, CLUSTER):
@@ -83,44 +153,78 @@ class TestCompose:
                     if source.startswith("./"):
                         assert (REPO / source).exists(), f"{path.name}: {name} mounts missing {source}"
 
+    def test_the_qoe_worker_reads_its_media_from_a_read_only_mount(self) -> None:
+        qoe = compose()["services"]["qoe"]
+        root = qoe["environment"]["QOE_MEDIA_ROOT"]
+        assert any(v.endswith(f":{root}:ro") for v in qoe["volumes"]), qoe["volumes"]
+
+    def test_nothing_needs_a_variable_to_be_set(self) -> None:
+        """`docker compose ps/logs/down/config` interpolate the whole file: a `${X:?...}` guard makes them
+        fail when X is unset, so no variable may be required."""
+        for path in (COMPOSE, CLUSTER):
+            assert not re.search(r"\$\{[A-Z0-9_]+:?\?", path.read_text()), path.name
+
     def test_ports_match_cli_defaults(self) -> None:
         defaults = cli_defaults("exporter")
-        published = {int(p.split(":")[-1]) for p in compose()["services"]["exporter"]["ports"]}
-        assert (
-            published
-            == {
-                defaults["metrics_port"],
-                defaults["results_port"],
-                defaults["qoe_port"],
-                defaults["cost_port"],
-            }
-            == {9520, 9502, 9503, 9504}
-        )
-        scrape = yaml.safe_load((REPO / "deploy/victoriametrics/scrape.yml").read_text())
-        job = scrape["scrape_configs"][0]
-        assert job["honor_labels"] is True
-        assert job["static_configs"][0]["targets"] == [f"exporter:{defaults['metrics_port']}"]
+        exporter = compose()["services"]["exporter"]
+        parser = build_parser()
+        args = vars(parser.parse_args(exporter["command"]))
+        served = [args["metrics_port"], args["results_port"], args["qoe_port"], args["cost_port"]]
+        assert served == [
+            defaults["metrics_port"],
+            defaults["results_port"],
+            defaults["qoe_port"],
+            defaults["cost_port"],
+        ]
+        assert served == [9520, 9502, 9503, 9504]
+        # Scalable: no fixed host port (host part empty), loopback only.
+        assert exporter["ports"] == [f"127.0.0.1::{defaults['metrics_port']}"]
+        for name in OUR_SERVICES - {"exporter"}:
+            assert "ports" not in compose()["services"][name], name
         nats_url = compose()["x-service"]["environment"]["NATS_URL"]
         assert nats_url == "nats://nats:4222" and "-js" in compose()["services"]["nats"]["command"]
+
+    def test_scrape_config_reaches_the_gateway_and_every_status_port(self) -> None:
+        promtool = require_binary("promtool")
+        scrape_path = REPO / "deploy/victoriametrics/scrape.yml"
+        subprocess.run([promtool, "check", "config", str(scrape_path)], check=True, capture_output=True)
+        jobs = {job["job_name"]: job for job in yaml.safe_load(scrape_path.read_text())["scrape_configs"]}
+        gateway = jobs["transcode-energy"]
+        assert gateway["honor_labels"] is True
+        assert gateway["static_configs"][0]["targets"] == [
+            f"exporter:{cli_defaults('exporter')['metrics_port']}"
+        ]
+        services = compose()["services"]
+        for name in sorted(OUR_SERVICES - {"exporter"}):
+            (sd,) = jobs[f"transcode-energy-{name}"]["dns_sd_configs"]
+            variable = "INGEST_STATUS_PORT" if name == "ingest" else "STATUS_PORT"
+            assert sd["names"] == [name] and sd["type"] == "A", name
+            assert str(sd["port"]) == services[name]["environment"][variable], name
+        # The gateway's event-stream count of rejected files is the one kept (ingest's would double it).
+        (drop,) = jobs["transcode-energy-ingest"]["metric_relabel_configs"]
+        assert drop["action"] == "drop" and drop["regex"] == "transcode_ingest_rejected_files_total"
+
+    def test_grafana_password_comes_from_a_secret_file(self) -> None:
+        loaded = compose()
+        grafana = loaded["services"]["grafana"]
+        assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana["environment"]
+        (secret,) = grafana["secrets"]
+        target = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"]
+        assert target == f"/run/secrets/{secret}"
+        source = loaded["secrets"][secret]["file"]
+        assert interpolate(source) == "./deploy/secrets/grafana_admin_password"
+        # The default location is ignored by git and kept out of the image's build context.
+        assert (REPO / "deploy/secrets/.gitignore").read_text().splitlines()[-2:] == ["*", "!.gitignore"]
+        assert "deploy/secrets" in (REPO / ".dockerignore").read_text().splitlines()
 
     def test_grafana_is_provisioned_and_locked_down(self) -> None:
         grafana = compose()["services"]["grafana"]
         assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
-        assert "GRAFANA_ADMIN_PASSWORD" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
         provider = yaml.safe_load(
             (REPO / "deploy/grafana/provisioning/dashboards/transcode-energy.yml").read_text()
         )
         path = provider["providers"][0]["options"]["path"]
         assert any(v.endswith(f":{path}:ro") for v in grafana["volumes"])
-        datasource = yaml.safe_load(
-            (REPO / "deploy/grafana/provisioning/datasources/victoriametrics.yml").read_text()
-        )
-        uid = datasource["datasources"][0]["uid"]
-        for board in DASHBOARDS.glob("*.json"):
-            for panel in json.loads(board.read_text())["panels"]:
-                assert panel["datasource"]["uid"] == uid
-                assert panel["fieldConfig"]["defaults"]["unit"], (board.name, panel["title"])
-                assert panel["targets"], (board.name, panel["title"])
 
     def test_vmalert_loads_the_rules(self) -> None:
         vmalert = compose()["services"]["vmalert"]
@@ -128,18 +232,111 @@ class TestCompose:
         assert any(v.startswith("./deploy/alerts/alerts.yml:") for v in vmalert["volumes"])
 
 
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+
+
+def stage(name: str | None) -> str:
+    """The text of one Dockerfile stage (``None``: the last, default one)."""
+    parts = re.split(r"^(?=FROM )", DOCKERFILE, flags=re.MULTILINE)[1:]
+    if name is None:
+        return parts[-1]
+    (found,) = [p for p in parts if re.match(rf"FROM \S+ AS {name}\n", p)]
+    return found
+
+
+#: The environment the runtime image sets (its ENV lines), as the default probe sees it.
+IMAGE_ENV: dict[str, str] = dict(
+    re.findall(r"(\w+)=(\S+)", stage("runtime").split("\nENV ")[1].split("\nUSER")[0])
+)
+
+
 class TestImage:
     def test_entrypoint_is_the_console_script(self) -> None:
-        dockerfile = (REPO / "Dockerfile").read_text()
         scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-        entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]$', dockerfile, re.MULTILINE)
+        entry = re.search(r'^ENTRYPOINT \["([^"]+)"\]$', DOCKERFILE, re.MULTILINE)
         assert entry is not None and entry.group(1) in scripts
-        assert re.search(r"^USER (?!root)\S+$", dockerfile, re.MULTILINE)
-        assert "HEALTHCHECK" in dockerfile
-        stages = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
-        assert len(stages) == 2 and all("slim" in s for s in stages)
-        final = dockerfile[dockerfile.rindex("\nFROM ") :]
-        assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", final)
+        froms = re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE)
+        assert [f for f in froms if "python" in f] == ["python:3.11-slim"] * 2
+        assert stage(None).strip() == "FROM runtime", "the default target is the slim runtime"
+
+    def test_runtime_stages_are_slim_and_non_root(self) -> None:
+        for name in ("runtime", "qoe"):
+            text = stage(name)
+            users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+            assert users and users[-1] != "root", name
+            assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", text), name
+
+    def test_healthcheck_is_the_cheap_probe(self) -> None:
+        assert re.search(r'^HEALTHCHECK .* CMD \["te-healthcheck"\]$', stage("runtime"), re.MULTILINE)
+        copy = re.search(r"^COPY \S* ?(\S+) /usr/local/bin/te-healthcheck$", stage("runtime"), re.MULTILINE)
+        assert copy is not None and (REPO / copy.group(1)).is_file()
+        ignored = (REPO / ".dockerignore").read_text().splitlines()
+        assert not any(copy.group(1).startswith(p.rstrip("/")) for p in ignored)
+        # Stdlib only: nothing the image would have to install for the probe, and nothing slow to import.
+        source = (REPO / copy.group(1)).read_text()
+        imported = set(re.findall(r"^(?:from|import) (\w+)", source, re.MULTILINE))
+        assert imported <= {"__future__", "argparse", "os", "sys", "urllib", "collections", "pathlib"}
+
+    def test_the_qoe_image_has_ffmpeg_with_libvmaf(self) -> None:
+        """The qoe target installs imageio-ffmpeg's ffmpeg and checks for libvmaf at build time; the same
+        wheel is a test dependency, so its ffmpeg is checked here for real."""
+        text = stage("qoe")
+        assert "imageio_ffmpeg.get_ffmpeg_exe()" in text and "/usr/local/bin/ffmpeg" in text
+        assert "grep -q ' libvmaf '" in text
+        imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+        filters = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-filters"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert " libvmaf " in filters
+
+
+class TestProbe:
+    """deploy/docker/healthcheck.py against a real HTTP listener."""
+
+    @pytest.fixture
+    def listener(self) -> Iterator[int]:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200 if self.path == "/ready" else 503)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def test_answers_by_status(self, listener: int) -> None:
+        main = healthcheck_script["main"]
+        assert main([f"http://127.0.0.1:{listener}/ready"]) == 0
+        assert main([f"http://127.0.0.1:{listener}/health"]) == 1  # 503
+        assert main([f"http://127.0.0.1:{free_port()}/ready", "--timeout", "1"]) == 1
+        assert main(["file:///etc/passwd"]) == 2
+
+    def test_default_url_from_the_main_process_command_line(self, tmp_path: Path, listener: int) -> None:
+        cmdline = tmp_path / "cmdline"
+        cmdline.write_bytes(
+            b"\0".join([b"python", b"transcode-energy", b"cost", b"--status-port", b"%d" % listener])
+        )
+        default_url = healthcheck_script["default_url"]
+        assert default_url({}, cmdline) == f"http://127.0.0.1:{listener}/ready"
+        cmdline.write_bytes(b"\0".join([b"python", b"transcode-energy", b"exporter"]))
+        assert default_url({"METRICS_PORT": "9999"}, cmdline) == "http://127.0.0.1:9999/ready"
+        cmdline.write_bytes(b"\0".join([b"python", b"transcode-energy", b"modeling"]))
+        assert default_url({}, cmdline) is None  # no status port: nothing to probe, and the check says so
+        assert default_url({"HEALTHCHECK_URL": "http://127.0.0.1:1/x"}, cmdline) == "http://127.0.0.1:1/x"
 
 
 def test_dashboards_are_generated_from_the_script() -> None:
@@ -148,13 +345,87 @@ def test_dashboards_are_generated_from_the_script() -> None:
     assert committed == generated, "run: python scripts/make_dashboards.py"
 
 
-def all_queries() -> list[tuple[str, str]]:
-    """(where, expr) for every PromQL expression in the dashboards and alert rules."""
+def walk(node: object) -> Iterator[tuple[str, object]]:
+    """Every (key, value) pair anywhere in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from walk(item)
+
+
+BOARDS = sorted(DASHBOARDS.glob("*.json"))
+
+
+class TestDashboards:
+    def test_there_are_dashboards(self) -> None:
+        assert len(BOARDS) >= 4
+
+    @pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+    def test_importable_anywhere(self, board: Path) -> None:
+        """No datasource uid is written: everything goes through the ``datasource`` variable, whose default
+        is the ``__inputs`` placeholder that "Import dashboard" asks for."""
+        loaded = json.loads(board.read_text())
+        (source_input,) = loaded["__inputs"]
+        assert source_input["type"] == "datasource" and source_input["pluginId"] == "prometheus"
+        variables = {v["name"]: v for v in loaded["templating"]["list"]}
+        source = variables["datasource"]
+        assert source["type"] == "datasource" and source["query"] == "prometheus"
+        assert source["current"]["value"] == f"${{{source_input['name']}}}"
+        references = [value for key, value in walk(loaded) if key == "datasource"]
+        assert len(references) > len(loaded["panels"])  # panels and their targets
+        assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in references), references
+        assert "DS_VICTORIAMETRICS" not in board.read_text()
+        for panel in loaded["panels"]:
+            assert panel["fieldConfig"]["defaults"]["unit"], (board.name, panel["title"])
+            assert panel["targets"], (board.name, panel["title"])
+
+    @pytest.mark.parametrize("board", BOARDS, ids=lambda p: p.stem)
+    def test_results_panels_follow_the_run_variable(self, board: Path) -> None:
+        loaded = json.loads(board.read_text())
+        variables = {v["name"]: v for v in loaded["templating"]["list"]}
+        exprs = [target["expr"] for panel in loaded["panels"] for target in panel["targets"]]
+        for expr in exprs:
+            # Every results_scenario_* series carries run_id; each selection of one filters on $run.
+            assert len(re.findall(r"results_scenario_\w+", expr)) == expr.count('{run_id="$run"}'), expr
+        if any("$run" in e for e in exprs):
+            run = variables["run"]
+            assert run["type"] == "query"
+            assert run["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert run["query"]["query"] == "label_values(results_scenario_mean_power_watts, run_id)"
+            assert run["sort"] == 2  # descending: the default is the latest run
+        else:
+            assert "run" not in variables
+
+    def test_provisioned_datasource_is_what_the_variable_picks(self) -> None:
+        """Provisioned dashboards keep the import placeholder, which names no datasource, so Grafana picks
+        the default one of the variable's type: the provisioned VictoriaMetrics must be that default and of
+        the type the variable lists."""
+        (source,) = yaml.safe_load(
+            (REPO / "deploy/grafana/provisioning/datasources/victoriametrics.yml").read_text()
+        )["datasources"]
+        assert source["isDefault"] is True and source["type"] == "prometheus"
+
+    def test_a_panel_joins_results_with_qoe(self) -> None:
+        exprs = [
+            target["expr"]
+            for board in BOARDS
+            for panel in json.loads(board.read_text())["panels"]
+            for target in panel["targets"]
+        ]
+        assert any("results_scenario_" in e and "qoe_" in e and "label_replace" in e for e in exprs)
+
+
+def all_queries(run: str = "") -> list[tuple[str, str]]:
+    """(where, expr) for every PromQL expression in the dashboards and alert rules, with ``$run`` replaced
+    as the dashboards' run variable would replace it."""
     out = []
-    for board in sorted(DASHBOARDS.glob("*.json")):
+    for board in BOARDS:
         for panel in json.loads(board.read_text())["panels"]:
             for target in panel["targets"]:
-                out.append((f"{board.name}: {panel['title']}", target["expr"]))
+                out.append((f"{board.name}: {panel['title']}", target["expr"].replace("$run", run)))
     for group in yaml.safe_load(ALERTS.read_text())["groups"]:
         for rule in group["rules"]:
             out.append((f"alert {rule['alert']}", rule["expr"]))
@@ -218,6 +489,19 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def run_ids(base: str) -> list[str]:
+    """The ``run`` variable's values, through the same API Grafana's label_values() uses."""
+    url = f"{base}/api/v1/label/run_id/values?" + urllib.parse.urlencode(
+        {"match[]": "results_scenario_mean_power_watts"}
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            values: list[str] = json.load(response)["data"]
+    except OSError:
+        return []
+    return values
+
+
 @pytest.mark.slow
 def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_system: tuple[str, Path]) -> None:
     base, results = scraped_system
@@ -232,11 +516,17 @@ def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_syste
     run["scenarios"][3]["viewers"] = 250
     (results / "test_results_20260101_000000.json").write_text(json.dumps(run))
     (results / "test_results_20250101_000000.json").write_text('{"scenarios": [{"fps": "thirty"}]}')
-    queries = all_queries()
+    # $run as the dashboards' variable resolves it: label_values(results_scenario_mean_power_watts, run_id),
+    # greatest first. Until the run's results are scraped there is no value, so resolve it in the loop.
+    run_id = ""
+    queries = all_queries(run_id)
     assert len(queries) > 40
     deadline = time.monotonic() + 90
     missing: list[str] = []
     while time.monotonic() < deadline:
+        if not run_id:
+            run_id = max(run_ids(base), default="")
+            queries = all_queries(run_id)
         missing = []
         for where, expr in queries:
             try:
@@ -250,6 +540,7 @@ def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_syste
             break
         time.sleep(1)
     assert missing == [], "queries without data:\n" + "\n".join(missing)
+    assert run_id == "test_results_20260101_000000"  # the variable's default is the latest run
     # The alerts that should fire in this system do: a file was rejected and enrichment failed.
     assert query(base, "increase(transcode_ingest_rejected_files_total[15m]) > 0")
     assert query(base, "increase(transcode_enrichment_failures_total[30m]) > 0")

@@ -145,7 +145,9 @@ def test_a_power_model_trains_on_the_file() -> None:
     for st, scenario in zip(stats, found, strict=True):
         features = features_of(scenario)
         assert features is not None and st.mean_power_w is not None
-        points.append(TrainingPoint(run_id="go", index=st.index, power_w=st.mean_power_w, **features))
+        points.append(
+            TrainingPoint(run_id="go", index=st.index, content="", power_w=st.mean_power_w, **features)
+        )
     model = train(points)
     assert isinstance(model, PowerModel), model  # not "0 usable scenario(s)"
     assert model.info.n_train == 8
