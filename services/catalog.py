@@ -49,6 +49,7 @@ def load_service(name: str) -> ServiceSpec:
         module = importlib.import_module(OTHER_SERVICES[name][0])
         return ServiceSpec(name, module.add_arguments, module.main)
     kind = load_kind(name)
+    needs = {need: load_kind(need).result for need in kind.needs}
     from shared.worker import add_worker_arguments, run_worker_service
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ def load_service(name: str) -> ServiceSpec:
         kind.add_arguments(parser)
 
     async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
-        return await run_worker_service(args, stop, kind, ready)
+        return await run_worker_service(args, stop, kind, ready, needs)
 
     return ServiceSpec(name, add_arguments, main)
 

@@ -52,9 +52,9 @@ _HEALTHY_RUN_SECONDS = 60.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # The flags `up` hands on are declared once, by the service that uses them; a service receives the
     # value of every `up` flag that shares its environment variable.
-    from services.cost.kind import add_pricing_arguments
     from services.exporter.service import add_listener_arguments
     from services.ingest.service import add_source_arguments
+    from shared.pricing import add_pricing_arguments
 
     add_source_arguments(parser)
     flag(

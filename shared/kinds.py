@@ -56,6 +56,10 @@ class Kind:
     open: Callable[[NATS, Any], Awaitable[Computer]] | None = None
     #: The legacy listener (``results``, ``qoe``, ``cost``) whose scrape also shows this kind's families.
     listener: str | None = None
+    #: Kinds whose results this kind is computed from. Empty: computed from each ingested run (manifest).
+    #: Otherwise computed once every needed result of the run's newest generation is published, and
+    #: ``RunInput.results`` holds them.
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.open is None):

@@ -19,6 +19,7 @@ before. The pricing config is the only file read here, and the Electricity Maps 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -33,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+
+from shared.config import flag, non_negative_float
 
 log = logging.getLogger(__name__)
 
@@ -369,3 +372,65 @@ def effective_energy_price(explicit_per_kwh: float | None, pricing: RegionalPric
     if explicit_per_kwh is not None and explicit_per_kwh > 0:
         return Sourced(explicit_per_kwh, "flag")
     return pricing.electricity_price()
+
+
+def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The old cost exporter's pricing flags and defaults (also offered by ``transcode-energy up``)."""
+    flag(parser, "--region", env="REGION", default="default", help="pricing/CO2 region (e.g. us-east-1)")
+    flag(
+        parser,
+        "--energy-cost",
+        env="ENERGY_COST_PER_KWH",
+        default=None,
+        type=non_negative_float,
+        help="electricity price per kWh; absent or 0 means the region's price",
+    )
+    flag(
+        parser,
+        "--cpu-cost",
+        env="CPU_COST_PER_HOUR",
+        default=0.0,
+        type=non_negative_float,
+        help="price of one CPU core for one hour",
+    )
+    flag(
+        parser,
+        "--gpu-cost",
+        env="GPU_COST_PER_HOUR",
+        default=0.0,
+        type=non_negative_float,
+        help="price of one GPU for one hour",
+    )
+    flag(parser, "--currency", env="CURRENCY", default="USD", help="currency of every price and cost")
+    flag(
+        parser,
+        "--pricing-config",
+        env="PRICING_CONFIG",
+        default=None,
+        type=Path,
+        help="JSON file: {electricity_prices: {region: price}, co2_intensity: {region: g_per_kwh}}",
+    )
+    flag(
+        parser,
+        "--electricity-maps-token",
+        env="ELECTRICITY_MAPS_TOKEN",
+        default=None,
+        secret=True,
+        help="Electricity Maps API token for live carbon intensity",
+    )
+    flag(
+        parser,
+        "--electricity-maps-url",
+        env="ELECTRICITY_MAPS_URL",
+        default=DEFAULT_ELECTRICITY_MAPS_URL,
+        help="Electricity Maps API base URL",
+    )
+
+
+def pricing_from_args(args: argparse.Namespace) -> RegionalPricing:
+    """The region's pricing as the flags of :func:`add_pricing_arguments` configure it."""
+    config = PricingConfig.load(args.pricing_config) if args.pricing_config else None
+    live = None
+    if args.electricity_maps_token:
+        live = ElectricityMapsClient(args.electricity_maps_token, base_url=args.electricity_maps_url)
+    return RegionalPricing(args.region, config, live)

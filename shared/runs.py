@@ -8,6 +8,7 @@ by subject returns the newest copy of each.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,8 +32,14 @@ class RunInput:
 
     manifest: RunManifest
     scenarios: list[ScenarioMessage]
+    #: Results of the kinds a derived kind needs (``Kind.needs``), by kind name; empty otherwise.
+    results: Mapping[str, ResultEnvelope] = field(default_factory=dict)
     #: perf_counter() when the run was loaded; results report the compute time from here.
     started: float = field(default_factory=time.perf_counter)
+
+    def result(self, kind: str, cls: type[R]) -> R | None:
+        found = self.results.get(kind)
+        return found if isinstance(found, cls) else None
 
 
 def make_result(cls: type[R], run: RunInput, **fields: Any) -> R:
@@ -69,3 +76,18 @@ async def load_scenarios(js: JetStreamContext, manifest: RunManifest) -> list[Sc
         )
         scenarios.append(_SCENARIO.decode(raw.data or b""))
     return scenarios
+
+
+async def load_result(
+    js: JetStreamContext, kind: str, digest: str, decoder: msgspec.json.Decoder[R]
+) -> R | None:
+    """The newest ``kind`` result of the run content ``digest``, or None when there is none yet."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        raw = await js.get_last_msg(
+            subjects.RESULTS_STREAM, subjects.result_subject(kind, digest), direct=True
+        )
+    except NotFoundError:
+        return None
+    return decoder.decode(raw.data or b"")

@@ -471,13 +471,10 @@ class Recommendation(msgspec.Struct, kw_only=True, omit_defaults=True):
     ratio: float | None = None
 
 
-class AdviceResult(msgspec.Struct, kw_only=True):
+class AdviceResult(ResultEnvelope, kw_only=True):
     """The advisor's answer for one run: every non-baseline scenario scored and ranked, the Pareto front and
     a short, deterministic list of recommendations."""
 
-    run_id: str
-    digest: str
-    generation: int
     #: The ``auto`` choice shared by most scenarios (ties: qoe_efficiency, then pixels_per_joule, then
     #: throughput_per_watt); ladder ranks and ``best_overall`` use it. None for a run with no scenario.
     primary_algorithm: str | None
@@ -498,10 +495,7 @@ class AdviceResult(msgspec.Struct, kw_only=True):
     recommendations: list[Recommendation]
     #: Why something could not be advised (no modeling result, no scenario meets min_vmaf, ...).
     notes: list[str] = []
-    computed_at: float
-    compute_seconds: float
     kind: str = "advice"
-    schema_version: int = SCHEMA_VERSION
 
 
 class ScenarioDelta(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 import msgspec
 import nats.errors
@@ -33,13 +34,15 @@ from shared import bus, subjects
 from shared.config import flag, port
 from shared.httpserver import StatusServer
 from shared.kinds import Computer, Kind, open_computer
-from shared.runs import RunInput, latest_manifest, load_scenarios
-from shared.schemas import SCHEMA_VERSION, ErrorEvent, RunManifest
+from shared.runs import RunInput, latest_manifest, load_result, load_scenarios
+from shared.schemas import SCHEMA_VERSION, ErrorEvent, ResultEnvelope, RunManifest
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = bus.TRANSIENT_ERRORS
 _MANIFEST = msgspec.json.Decoder(RunManifest)
+#: Only the envelope of this kind's own earlier result is needed (its generation).
+_ENVELOPE = msgspec.json.Decoder(ResultEnvelope)
 #: How long JetStream waits for an ack (or a progress signal) before redelivering a run.
 ACK_WAIT_S = 20.0
 #: How often a busy worker says it is still working on a run (well inside ACK_WAIT_S).
@@ -81,8 +84,11 @@ class RunWorker:
         compute: Computer,
         max_deliver: int = MAX_DELIVER,
         replicas: int = 1,
+        needs: Mapping[str, type[ResultEnvelope]] | None = None,
     ) -> None:
         self.nc = nc
+        #: For a derived kind: the kinds it is computed from, with their result types.
+        self.needs = {name: msgspec.json.Decoder(cls) for name, cls in (needs or {}).items()}
         self.js = nc.jetstream()
         self.kind = kind
         self.computer = compute
@@ -115,7 +121,52 @@ class RunWorker:
             with contextlib.suppress(*_TRANSIENT):
                 await msg.in_progress()
 
+    async def _derived_run(self, msg: Msg) -> tuple[RunManifest, RunInput] | None:
+        """For a derived kind, the run a result message completes: None when the message is not one this
+        kind needs, when a needed result of the newest generation is still missing (a later result will
+        complete it), or when this kind's result for that generation exists already."""
+        kind = subjects.result_kind(msg.subject)
+        if kind not in self.needs:
+            return None
+        digest = msg.subject.rsplit(".", 1)[1]
+        manifest = await latest_manifest(self.js, digest)
+        if manifest is None:
+            return None
+        own = await load_result(self.js, self.kind, digest, _ENVELOPE)
+        if own is not None and own.generation >= manifest.generation:
+            return None
+        results: dict[str, ResultEnvelope] = {}
+        for name, decoder in self.needs.items():
+            found = await load_result(self.js, name, digest, decoder)
+            if found is None or found.generation != manifest.generation:
+                return None
+            results[name] = found
+        return manifest, RunInput(manifest, await load_scenarios(self.js, manifest), results)
+
     async def handle(self, msg: Msg) -> None:
+        if self.needs:
+            try:
+                derived = await self._derived_run(msg)
+            except _TRANSIENT as exc:
+                log.warning("%s: NATS trouble (%s); will retry", self.kind, type(exc).__name__)
+                with contextlib.suppress(*_TRANSIENT):
+                    await msg.nak(delay=2)
+                return
+            except msgspec.DecodeError as exc:
+                log.error("%s: undecodable input for %s: %s", self.kind, msg.subject, exc)
+                await self._report("bad_message", f"{msg.subject}: {exc}", None)
+                await msg.term()
+                return
+            except Exception as exc:
+                log.exception("%s: reading the inputs of %s failed", self.kind, msg.subject)
+                await self._report("compute_failed", f"{type(exc).__name__}: {exc}", None)
+                await msg.term()
+                return
+            if derived is None:
+                await msg.ack()
+                return
+            await self._compute_and_publish(msg, *derived)
+            return
         try:
             manifest = _MANIFEST.decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -131,6 +182,21 @@ class RunWorker:
             return
         try:
             run = await load_run(self.js, manifest)
+        except Superseded as exc:
+            log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
+            await msg.ack()
+            return
+        except _TRANSIENT as exc:
+            log.warning(
+                "%s: %s: NATS trouble (%s); will retry", self.kind, manifest.run_id, type(exc).__name__
+            )
+            with contextlib.suppress(*_TRANSIENT):
+                await msg.nak(delay=2)
+            return
+        await self._compute_and_publish(msg, manifest, run)
+
+    async def _compute_and_publish(self, msg: Msg, manifest: RunManifest, run: RunInput) -> None:
+        try:
             result = await self._compute_with_progress(msg, run)
             payload = msgspec.json.encode(result)
             await self.js.publish(
@@ -149,9 +215,6 @@ class RunWorker:
                 len(run.scenarios),
                 (time.perf_counter() - run.started) * 1000,
             )
-        except Superseded as exc:
-            log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
-            await msg.ack()
         except nats.errors.MaxPayloadError as exc:
             # Retrying cannot make the result smaller: a permanent, reported error, never a silent drop.
             self.failed += 1
@@ -219,17 +282,18 @@ class RunWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         await bus.ensure_topology(self.js, replicas=self.replicas)
-        await bus.ensure_pull_consumer(
-            self.js,
-            subjects.INGEST_STREAM,
-            self.kind,
-            f"{subjects.INGEST_RUN}.>",
-            ack_wait=ACK_WAIT_S,
-            max_deliver=self.max_deliver,
+        # A kind computed from runs consumes run manifests; a derived kind consumes the results it needs.
+        stream, source = (
+            (subjects.RESULTS_STREAM, f"{subjects.RESULTS}.>")
+            if self.needs
+            else (subjects.INGEST_STREAM, f"{subjects.INGEST_RUN}.>")
         )
-        sub = await self.js.pull_subscribe_bind(self.kind, stream=subjects.INGEST_STREAM)
+        await bus.ensure_pull_consumer(
+            self.js, stream, self.kind, source, ack_wait=ACK_WAIT_S, max_deliver=self.max_deliver
+        )
+        sub = await self.js.pull_subscribe_bind(self.kind, stream=stream)
         self.ready.set()
-        log.info("%s worker consuming %s.> as durable %r", self.kind, subjects.INGEST_RUN, self.kind)
+        log.info("%s worker consuming %s as durable %r", self.kind, source, self.kind)
         while not stop.is_set():
             try:
                 messages = await sub.fetch(1, timeout=1)
@@ -247,16 +311,21 @@ class RunWorker:
 
 
 async def run_worker_service(
-    args: argparse.Namespace, stop: asyncio.Event, kind: Kind, ready: asyncio.Event | None = None
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    kind: Kind,
+    ready: asyncio.Event | None = None,
+    needs: Mapping[str, type[ResultEnvelope]] | None = None,
 ) -> int:
-    """The whole life of a worker of ``kind``: connect, start the kind, consume until ``stop``, drain."""
+    """The whole life of a worker of ``kind``: connect, start the kind, consume until ``stop``, drain.
+    ``needs`` gives the result types of the kinds a derived kind is computed from."""
     settings = kind.settings(args)
     nc = await bus.connect(bus.nats_config_from_args(args), name=kind.name)
     try:
         await bus.ensure_topology(nc.jetstream(), replicas=args.js_replicas)
         computer = await open_computer(kind, nc, settings)
         try:
-            worker = RunWorker(nc, kind=kind.name, compute=computer, replicas=args.js_replicas)
+            worker = RunWorker(nc, kind=kind.name, compute=computer, replicas=args.js_replicas, needs=needs)
             if ready is not None:
                 asyncio.get_running_loop().create_task(_forward(worker.ready, ready))
             await worker.serve(stop, args.bind, args.status_port)

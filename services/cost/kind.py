@@ -10,77 +10,17 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
-from shared.config import flag, non_negative_float, positive_float
+from shared.config import flag, positive_float
 from shared.cost import CostModel, project
 from shared.families import COST_LABELS, Family, RunView, Spec, cost_labels, per_scenario, unique
 from shared.kinds import Kind
 from shared.parsing import find_baseline, scenario_duration_s, total_pixels
-from shared.pricing import (
-    DEFAULT_ELECTRICITY_MAPS_URL,
-    ElectricityMapsClient,
-    PricingConfig,
-    RegionalPricing,
-    effective_energy_price,
-)
+from shared.pricing import RegionalPricing, add_pricing_arguments, effective_energy_price, pricing_from_args
 from shared.runs import RunInput, make_result
 from shared.schemas import CostResult, CostScenario
 from shared.telemetry import cost_mean_power_w, resolve
 from shared.units import HOURS_PER_MONTH
-
-
-def add_pricing_arguments(parser: argparse.ArgumentParser) -> None:
-    """The old cost exporter's pricing flags and defaults (also offered by ``transcode-energy up``)."""
-    flag(parser, "--region", env="REGION", default="default", help="pricing/CO2 region (e.g. us-east-1)")
-    flag(
-        parser,
-        "--energy-cost",
-        env="ENERGY_COST_PER_KWH",
-        default=None,
-        type=non_negative_float,
-        help="electricity price per kWh; absent or 0 means the region's price",
-    )
-    flag(
-        parser,
-        "--cpu-cost",
-        env="CPU_COST_PER_HOUR",
-        default=0.0,
-        type=non_negative_float,
-        help="price of one CPU core for one hour",
-    )
-    flag(
-        parser,
-        "--gpu-cost",
-        env="GPU_COST_PER_HOUR",
-        default=0.0,
-        type=non_negative_float,
-        help="price of one GPU for one hour",
-    )
-    flag(parser, "--currency", env="CURRENCY", default="USD", help="currency of every price and cost")
-    flag(
-        parser,
-        "--pricing-config",
-        env="PRICING_CONFIG",
-        default=None,
-        type=Path,
-        help="JSON file: {electricity_prices: {region: price}, co2_intensity: {region: g_per_kwh}}",
-    )
-    flag(
-        parser,
-        "--electricity-maps-token",
-        env="ELECTRICITY_MAPS_TOKEN",
-        default=None,
-        secret=True,
-        help="Electricity Maps API token for live carbon intensity",
-    )
-    flag(
-        parser,
-        "--electricity-maps-url",
-        env="ELECTRICITY_MAPS_URL",
-        default=DEFAULT_ELECTRICITY_MAPS_URL,
-        help="Electricity Maps API base URL",
-    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,16 +46,12 @@ class CostSettings:
 
 
 def settings_from_args(args: argparse.Namespace) -> CostSettings:
-    config = PricingConfig.load(args.pricing_config) if args.pricing_config else None
-    live = None
-    if args.electricity_maps_token:
-        live = ElectricityMapsClient(args.electricity_maps_token, base_url=args.electricity_maps_url)
     return CostSettings(
         energy_cost_per_kwh=args.energy_cost,
         cpu_cost_per_hour=args.cpu_cost,
         gpu_cost_per_hour=args.gpu_cost,
         currency=args.currency,
-        pricing=RegionalPricing(args.region, config, live),
+        pricing=pricing_from_args(args),
         viewers=getattr(args, "viewers", None),
     )
 
