@@ -33,7 +33,7 @@ def run() -> list[Row]:
         SampledSeries.uniform(gpu, 1.0),
     )
 
-    def from_arrays() -> None:
+    def from_series() -> None:
         model.load_aware(power_w=series[0], cpu_cores=series[1], gpu=series[2], total_pixels=1e12)
 
     def pure_python() -> float:
@@ -41,17 +41,17 @@ def run() -> list[Row]:
         return 0.5 * (power[0] + 2 * sum(power[1:-1]) + power[-1])
 
     t_lists, n_lists = measure(from_lists)
-    t_arrays, n_arrays = measure(from_arrays)
+    t_series, n_series = measure(from_series)
     t_py, n_py = measure(pure_python)
     t_trap, n_trap = measure(lambda: trapezoid_uniform(series[0].values, 1.0))
     return [
-        Row("cost: load-aware, 1 h @ 1 s, from lists", t_lists, n_lists, "power+cpu+gpu, incl. list->array"),
-        Row("cost: load-aware, 1 h @ 1 s, from arrays", t_arrays, n_arrays, "power+cpu+gpu"),
+        Row("cost: load-aware, 1 h @ 1 s, from lists", t_lists, n_lists, "power+cpu+gpu, incl. list->tuple"),
+        Row("cost: load-aware, 1 h @ 1 s, from built series", t_series, n_series, "power+cpu+gpu"),
         Row(
-            "cost: one trapezoid, numpy (3,600 pts)",
+            "cost: one trapezoid, math.fsum (3,600 pts)",
             t_trap,
             n_trap,
-            f"pure-Python loop / numpy = {t_py / t_trap:.1f}",
+            f"plain-sum loop / fsum = {t_py / t_trap:.1f}",
         ),
         Row("cost: one trapezoid, pure Python", t_py, n_py, "the old exporter's way"),
     ]

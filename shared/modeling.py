@@ -1,4 +1,4 @@
-"""Power-prediction models in numpy/scipy: ordinary least squares with honest intervals. No I/O.
+"""Power-prediction models in numpy: ordinary least squares with honest intervals. No I/O.
 
 One OLS engine (:class:`OLSFit`) serves three predictors:
 
@@ -14,6 +14,11 @@ listed in the model info. Two intervals exist and are named apart:
   ``yhat +- t(1-a/2, n-p) * s * sqrt(1 + x (X'X)^-1 x')``;
 * **confidence interval of the mean** - where the *regression line* at x lies:
   ``yhat +- t(1-a/2, n-p) * s * sqrt(x (X'X)^-1 x')``.
+
+No scipy at run time (``scipy.linalg`` costs ~30 MiB and ``scipy.stats`` ~95 MiB of resident memory): the
+column-pivoted QR is :func:`pivoted_qr` below (LAPACK ``dgeqp3``'s pivoting rule), triangular solves are
+:func:`back_substitute`, and the t quantile is :func:`shared.student_t.t_quantile`. The tests compare all
+of it with statsmodels and scipy.
 
 (The old code computed a bootstrap interval of the mean, called it a confidence interval and discarded it, and
 exported measured mean +- 2 sigma under "prediction_confidence": B-R14.) Everything is deterministic: the
@@ -31,10 +36,11 @@ from typing import Any, Self
 import msgspec
 import numpy as np
 import numpy.typing as npt
-import scipy.linalg
-from scipy import stats
+
+from shared.student_t import t_quantile
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 
 MODEL_FORMAT_VERSION = 1
 
@@ -51,6 +57,88 @@ class Interval:
     #: ``prediction`` (a new observation) or ``mean`` (the regression line) or ``bootstrap-prediction``.
     kind: str
     confidence_level: float
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Linear algebra (numpy only)
+# ---------------------------------------------------------------------------------------------------------
+
+#: ``dlaqp2``'s threshold for recomputing a downdated column norm: sqrt of LAPACK's ``dlamch('E')`` (eps/2).
+_NORM_RECOMPUTE = math.sqrt(np.finfo(np.float64).eps / 2.0)
+
+
+def pivoted_qr(a: FloatArray) -> tuple[FloatArray, IntArray]:
+    """R and the column permutation of a Householder QR with column pivoting: ``A[:, piv] = Q R``.
+
+    The counterpart of ``scipy.linalg.qr(a, mode="r", pivoting=True)`` with economic R (``min(m, n)`` rows,
+    upper trapezoidal), following LAPACK ``dgeqp3``/``dlaqp2``: at step i the pivot is the remaining column
+    whose norm over rows i.. is largest (the first one on a tie); those partial norms are downdated after each
+    reflection and recomputed when the downdate has lost too much (``dlaqp2``'s ``tol3z`` test). ``|R[i, i]|``
+    is then non-increasing, which is what rank detection relies on. Q is not formed (not needed). The
+    reflector is ``dlarfg``'s: ``beta = -sign(alpha) * ||x||`` (so diagonal entries may be negative).
+    Column norms are rounded differently from LAPACK's ``dnrm2``, so columns whose norms tie to rounding (the
+    standardised design's all have norm sqrt(n)) may be taken in another order than scipy's; either order is
+    a valid pivoted QR, and for exactly collinear columns it only decides which of them is dropped.
+    """
+    r = np.array(a, dtype=np.float64, copy=True)
+    m, n = r.shape
+    piv = np.arange(n)
+    norms = np.linalg.norm(r, axis=0) if m else np.zeros(n)
+    ref_norms = norms.copy()
+    for i in range(min(m, n)):
+        j = i + int(np.argmax(norms[i:]))
+        if j != i:
+            r[:, [i, j]] = r[:, [j, i]]
+            piv[[i, j]] = piv[[j, i]]
+            norms[j], ref_norms[j] = norms[i], ref_norms[i]
+        # Householder reflector H = I - tau v v' with H r[i:, i] = (beta, 0, ..., 0).
+        alpha = r[i, i]
+        tail_norm = float(np.linalg.norm(r[i + 1 :, i]))
+        if tail_norm != 0.0:
+            beta = -math.copysign(math.hypot(alpha, tail_norm), alpha)
+            tau = (beta - alpha) / beta
+            v = r[i:, i] / (alpha - beta)
+            v[0] = 1.0
+            r[i, i] = beta
+            r[i + 1 :, i] = 0.0
+            if i + 1 < n:
+                block = r[i:, i + 1 :]
+                block -= tau * np.outer(v, v @ block)
+        # Downdate the partial norms of the remaining columns (dlaqp2).
+        for k in range(i + 1, n):
+            if norms[k] == 0.0:
+                continue
+            temp = max(1.0 - (abs(r[i, k]) / norms[k]) ** 2, 0.0)
+            if temp * (norms[k] / ref_norms[k]) ** 2 <= _NORM_RECOMPUTE:
+                norms[k] = float(np.linalg.norm(r[i + 1 :, k])) if i + 1 < m else 0.0
+                ref_norms[k] = norms[k]
+            else:
+                norms[k] *= math.sqrt(temp)
+    return np.triu(r[: min(m, n)]), piv
+
+
+def back_substitute(r: FloatArray, b: FloatArray) -> FloatArray:
+    """Solve ``R x = b`` for upper-triangular R (b a vector or a matrix of right-hand sides).
+
+    Plain back substitution, row by row from the bottom: ``x[i] = (b[i] - R[i, i+1:] @ x[i+1:]) / R[i, i]``,
+    the counterpart of ``scipy.linalg.solve_triangular(r, b)`` (LAPACK ``dtrtrs``), including its refusal of
+    a singular R (a zero on the diagonal).
+    """
+    p = r.shape[0]
+    diag = np.diag(r)
+    if np.any(diag == 0.0):
+        raise np.linalg.LinAlgError(
+            f"singular matrix: zero diagonal entry in R at {int(np.argmin(np.abs(diag)))}"
+        )
+    x = np.array(b, dtype=np.float64, copy=True)
+    for i in range(p - 1, -1, -1):
+        x[i] = (x[i] - r[i, i + 1 :] @ x[i + 1 :]) / r[i, i]
+    return x
+
+
+def upper_triangular_inverse(r: FloatArray) -> FloatArray:
+    """``R^-1`` of an upper-triangular R, by back substitution on the identity; exactly upper triangular."""
+    return np.triu(back_substitute(r, np.eye(r.shape[0])))
 
 
 class OLSState(msgspec.Struct, kw_only=True):
@@ -109,7 +197,7 @@ class OLSFit:
                 candidates.append(j)
         z = (x[:, candidates] - centre[candidates]) / scale[candidates] if candidates else np.empty((n, 0))
         if candidates:
-            _, r, piv = scipy.linalg.qr(z, mode="economic", pivoting=True)
+            r, piv = pivoted_qr(z)
             diag = np.abs(np.diag(r))
             tol = max(z.shape) * np.finfo(np.float64).eps * (diag[0] if diag.size else 0.0) * 1e3
             numerical_rank = int(np.sum(diag > tol))
@@ -126,11 +214,11 @@ class OLSFit:
             kept_idx = []
         design = np.hstack([np.ones((n, 1)), z])
         q, r_full = np.linalg.qr(design)
-        beta = scipy.linalg.solve_triangular(r_full, q.T @ y)
+        beta = back_substitute(r_full, q.T @ y)
         residuals = y - design @ beta
         sse = float(residuals @ residuals)
         sst = float(((y - y.mean()) ** 2).sum())
-        r_inv = scipy.linalg.solve_triangular(r_full, np.eye(r_full.shape[0]))
+        r_inv = upper_triangular_inverse(r_full)
         full_centre = [float(c) for c in centre]
         full_scale = [float(s) if s > 0 else 1.0 for s in scale]
         state = OLSState(
@@ -218,7 +306,7 @@ class OLSFit:
         s = self.residual_std_error
         if s is None:
             return [Interval(float(m), None, None, kind, level) for m in mean]
-        t = float(stats.t.ppf(0.5 + level / 2.0, self.dof))
+        t = t_quantile(0.5 + level / 2.0, self.dof)
         lev = self._leverage(rows)
         extra = 1.0 if kind == "prediction" else 0.0
         if kind not in ("prediction", "mean"):

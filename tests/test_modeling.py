@@ -12,6 +12,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 import pytest
+import scipy.linalg
 import statsmodels.api as sm
 
 from shared.modeling import (
@@ -20,7 +21,10 @@ from shared.modeling import (
     MultivariatePredictor,
     OLSFit,
     PolynomialPredictor,
+    back_substitute,
     from_dict,
+    pivoted_qr,
+    upper_triangular_inverse,
 )
 from shared.parsing import stream_count_from_name
 from shared.power_model import FEATURES, PowerModel, TrainingPoint, features_of, hardware_fingerprint, train
@@ -204,6 +208,92 @@ class TestDegenerate:
         assert model.predict([10.0])[0] == 0.0
         [iv] = model.prediction_intervals([10.0])
         assert iv.mean == 0.0 and iv.low == 0.0
+
+
+def ols_rank(r: np.ndarray, shape: tuple[int, ...]) -> int:
+    """OLSFit's rank rule on the diagonal of a pivoted R."""
+    diag = np.abs(np.diag(r))
+    return int(np.sum(diag > max(shape) * np.finfo(np.float64).eps * diag[0] * 1e3))
+
+
+class TestPivotedQR:
+    """shared.modeling.pivoted_qr replaces scipy.linalg.qr(..., pivoting=True) (LAPACK dgeqp3)."""
+
+    @pytest.mark.parametrize("seed", range(8))
+    def test_matches_lapack_on_full_rank_designs(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        n, k = int(rng.integers(5, 60)), int(rng.integers(1, 7))
+        # Distinct column scales: no ties in the pivot choice, so the permutation is well defined.
+        a = rng.normal(size=(n, k)) * np.geomspace(1.0, 50.0, k)[rng.permutation(k)]
+        r, piv = pivoted_qr(a)
+        _, r_ref, piv_ref = scipy.linalg.qr(a, mode="economic", pivoting=True)
+        assert piv.tolist() == piv_ref.tolist()
+        assert np.abs(r) == pytest.approx(np.abs(r_ref), rel=1e-10, abs=1e-12 * np.abs(r_ref).max())
+        # Independently of LAPACK: R'R = A_p' A_p (Q orthonormal), and |R[i, i]| does not increase.
+        assert r.T @ r == pytest.approx(a[:, piv].T @ a[:, piv], rel=1e-10, abs=1e-10 * np.abs(r).max() ** 2)
+        assert np.all(np.diff(np.abs(np.diag(r))) <= 1e-12 * abs(r[0, 0]))
+
+    def test_rank_deficient_design(self) -> None:
+        rng = np.random.default_rng(4)
+        u, v, w = rng.normal(size=(3, 25)) * np.array([[1.0], [3.0], [0.2]])
+        a = np.column_stack([u, v, 2 * u + v, w])  # column 2 is exactly (to rounding) 2 u + v
+        r, piv = pivoted_qr(a)
+        _, r_ref, piv_ref = scipy.linalg.qr(a, mode="economic", pivoting=True)
+        assert ols_rank(r, a.shape) == ols_rank(r_ref, a.shape) == 3
+        assert piv[:3].tolist() == piv_ref[:3].tolist() and piv[0] == 2  # largest norm first
+        assert piv[3] in (0, 1)  # the dropped column belongs to the dependent triple
+        assert abs(r[3, 3]) < 1e-12 * abs(r[0, 0])
+
+    def test_wide_and_single_row(self) -> None:
+        a = np.array([[1.0, 3.0, -2.0]])
+        r, piv = pivoted_qr(a)
+        assert r.shape == (1, 3) and piv[0] == 1 and abs(r[0, 0]) == 3.0
+
+    def test_collinear_and_constant_columns_in_a_fit(self) -> None:
+        x, y = synthetic(11, n=30, k=3)
+        combo = 3 * x[:, 0] - 0.5 * x[:, 1]
+        design = np.column_stack([x, combo, np.full(30, 7.0)])
+        names = ["a", "b", "c", "combo", "seven"]
+        fit = OLSFit.fit(design, y, names)
+        assert fit.state.dropped.pop("seven") == "constant"
+        [(collinear, reason)] = fit.state.dropped.items()
+        assert reason == "collinear" and collinear in ("a", "b", "combo")
+        assert fit.state.p == 4 and fit.state.kept == [n for n in names[:4] if n != collinear]
+        # On the kept columns the fit is plain OLS: statsmodels agrees on everything.
+        kept = [names.index(n) for n in fit.state.kept]
+        ref = sm.OLS(y, sm.add_constant(design[:, kept])).fit()
+        coef, se = fit.coefficients(), fit.standard_errors()
+        assert se is not None
+        assert [coef["intercept"], *(coef[n] for n in fit.state.kept)] == pytest.approx(
+            list(ref.params), rel=REL
+        )
+        assert [se["intercept"], *(se[n] for n in fit.state.kept)] == pytest.approx(list(ref.bse), rel=REL)
+        x_new = design[:4] * 1.05
+        x_new[:, 3] = 3 * x_new[:, 0] - 0.5 * x_new[:, 1]  # stay in the design's column space
+        frame = ref.get_prediction(sm.add_constant(x_new[:, kept], has_constant="add")).summary_frame(
+            alpha=0.05
+        )
+        pred = fit.intervals(x_new, kind="prediction")
+        mean = fit.intervals(x_new, kind="mean")
+        assert [i.mean for i in pred] == pytest.approx(list(frame["mean"]), rel=REL)
+        assert [i.low for i in pred] == pytest.approx(list(frame["obs_ci_lower"]), rel=REL)
+        assert [i.high for i in pred] == pytest.approx(list(frame["obs_ci_upper"]), rel=REL)
+        assert [i.low for i in mean] == pytest.approx(list(frame["mean_ci_lower"]), rel=REL)
+        assert [i.high for i in mean] == pytest.approx(list(frame["mean_ci_upper"]), rel=REL)
+
+    def test_back_substitution(self) -> None:
+        rng = np.random.default_rng(9)
+        r = np.triu(rng.normal(size=(5, 5))) + np.diag([3.0, -2.0, 4.0, -5.0, 2.5])
+        b, many = rng.normal(size=5), rng.normal(size=(5, 3))
+        assert back_substitute(r, b) == pytest.approx(np.linalg.solve(r, b), rel=1e-12)
+        assert back_substitute(r, many) == pytest.approx(np.linalg.solve(r, many), rel=1e-12)
+        inv = upper_triangular_inverse(r)
+        assert inv @ r == pytest.approx(np.eye(5), abs=1e-14)
+        assert np.all(inv[np.tril_indices(5, -1)] == 0.0) and not np.any(
+            np.signbit(inv[np.tril_indices(5, -1)])
+        )
+        with pytest.raises(np.linalg.LinAlgError):
+            back_substitute(np.array([[1.0, 2.0], [0.0, 0.0]]), np.ones(2))
 
 
 def test_bootstrap_is_seeded_and_sane() -> None:
