@@ -8,7 +8,7 @@
 # --enable-libvmaf, about 170 MB; only the QoE worker runs ffmpeg, so only its image carries it and the four
 # other services keep the slim image.
 
-# Build stage: resolve and build wheels (numpy, scipy and msgspec come as manylinux wheels).
+# Build stage: resolve and build wheels (numpy and msgspec come as manylinux wheels).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
