@@ -61,8 +61,9 @@ def write_schemas(out: Path) -> list[Path]:
 
 def _commands() -> dict[str, str]:
     from services.catalog import service_help, service_names
+    from services.client import COMMANDS
 
-    return {"up": TOOLS["up"], **{n: service_help(n) for n in service_names()}, **TOOLS}
+    return {"up": TOOLS["up"], **COMMANDS, **{n: service_help(n) for n in service_names()}, **TOOLS}
 
 
 def _chosen(argv: Sequence[str]) -> str | None:
@@ -102,6 +103,11 @@ def _populate(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "schema":
         parser.add_argument("--out", type=Path, default=Path("docs/schemas"))
         return
+    from services import client
+
+    if name in client.COMMANDS:
+        client.add_arguments(name, parser)
+        return
     from shared.config import add_logging_flags
 
     if name == "up":
@@ -127,11 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _populate("healthcheck", probe)
         args = probe.parse_args(argv[argv.index("healthcheck") + 1 :])
         return healthcheck(args.url, args.timeout)
-    args = build_parser(only=chosen).parse_args(argv)
+    args = build_parser(only=chosen or "").parse_args(argv)
     if args.command == "schema":
         for path in write_schemas(args.out):
             print(path)
         return 0
+    from services import client
+
+    if args.command in client.COMMANDS:
+        return client.run(args)
     from shared.config import setup_logging
 
     setup_logging(args.log_level, args.command)

@@ -28,6 +28,7 @@ KINDS: tuple[KindRef, ...] = (
     KindRef("modeling", "services.modeling.kind", "per-scenario statistics and power predictions (worker)"),
     KindRef("cost", "services.cost.kind", "energy/compute cost, CO2 and projections (worker)"),
     KindRef("qoe", "services.qoe.kind", "VMAF/PSNR quality and quality per watt (worker)"),
+    KindRef("advice", "services.advisor.kind", "rankings and recommendations, and the advisor API (worker)"),
 )
 
 

@@ -48,7 +48,9 @@ from shared.schemas import (
     ModelingScenario,
     QoEResult,
     QoEScenario,
+    RankedScenario,
     Recommendation,
+    RecommendResponse,
     Scenario,
 )
 from shared.scoring import (
@@ -446,4 +448,75 @@ def advise(
         notes=notes,
         computed_at=computed_at,
         compute_seconds=compute_seconds,
+    )
+
+
+def recommend(
+    advice: AdviceResult, *, algorithm: str = "auto", ladder: str | None = None, top: int = 10
+) -> RecommendResponse:
+    """The ranked answer to "which configuration should I run?": the run's scenarios scored under
+    ``algorithm`` (``auto``: the run's primary algorithm), best first, optionally only one output ladder and
+    only those meeting the advice's ``min_vmaf``, cut to ``top``. Ranks are recomputed within the selection
+    (1 = best; equal scores keep file order). Raises ValueError for an unknown algorithm or ``top`` < 1."""
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    if algorithm == "auto":
+        if advice.primary_algorithm is None:
+            return RecommendResponse(
+                run_id=advice.run_id,
+                algorithm="auto",
+                unit="",
+                currency=advice.currency,
+                rows=[],
+                recommendations=advice.recommendations,
+                filtered_out=len(advice.scenarios),
+                notes=[*advice.notes, "no scenario could be scored"],
+            )
+        algorithm = advice.primary_algorithm
+    try:
+        algo = Algorithm(algorithm)
+    except ValueError:
+        names = ", ".join(a.value for a in Algorithm)
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {names}") from None
+    if algo is Algorithm.AUTO:
+        raise ValueError("auto resolves to the run's primary algorithm; it has no score of its own")
+    field = SCORE_FIELDS[algo]
+    chosen = [
+        s
+        for s in advice.scenarios
+        if getattr(s, field) is not None
+        and (ladder is None or s.output_ladder == ladder)
+        and s.meets_min_vmaf is not False
+    ]
+    ordered = sorted(chosen, key=lambda s: (-float(getattr(s, field)), s.index))
+    rows = [
+        RankedScenario(
+            rank=position,
+            index=s.index,
+            name=s.name or "",
+            output_ladder=s.output_ladder,
+            score=float(getattr(s, field)),
+            unit=UNITS[algo],
+            mean_power_w=s.mean_power_w,
+            vmaf=s.vmaf,
+            cost_per_stream_hour=s.cost_per_stream_hour,
+            watts_per_stream=s.watts_per_stream,
+            pareto=s.pareto,
+            recommended=s.recommended,
+        )
+        for position, s in enumerate(ordered[:top], start=1)
+    ]
+    notes = list(advice.notes)
+    if ladder is not None and not any(s.output_ladder == ladder for s in advice.scenarios):
+        ladders = sorted({s.output_ladder for s in advice.scenarios})
+        notes.append(f"no scenario has output ladder {ladder!r}; the run has {', '.join(ladders) or 'none'}")
+    return RecommendResponse(
+        run_id=advice.run_id,
+        algorithm=algo.value,
+        unit=UNITS[algo],
+        currency=advice.currency,
+        rows=rows,
+        recommendations=advice.recommendations,
+        filtered_out=len(advice.scenarios) - len(rows),
+        notes=notes,
     )

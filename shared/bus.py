@@ -319,3 +319,17 @@ async def drain(nc: NATS) -> None:
             await nc.drain()
     with contextlib.suppress(Exception):
         await nc.close()
+
+
+async def announce(nc: NATS, service: str, version: str = "0.2.0") -> Any:
+    """Make this service discoverable (``$SRV.PING``/``$SRV.INFO``) as ``transcode-energy-<service>``, a
+    nats.micro service without endpoints; ``transcode-energy status`` lists what answers."""
+    import nats.micro
+
+    return await nats.micro.add_service(
+        nc,
+        name=f"{subjects.MICRO_SERVICE_PREFIX}{service}",
+        version=version,
+        description=f"transcode-energy {service}",
+        metadata={"service": service},
+    )

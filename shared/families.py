@@ -122,6 +122,16 @@ def unique(labelsets: Sequence[tuple[str, ...]], position: int) -> list[tuple[st
     return out
 
 
+def results_labelsets(view: RunView) -> list[tuple[ScenarioMessage, tuple[str, ...]]]:
+    """The results family's scenarios and their label sets: those with start and end times, each label set
+    made unique. Every ``results_scenario_*`` family uses these, so their series join one to one."""
+    included = [
+        m for m in view.scenarios if m.scenario.start_time is not None and m.scenario.end_time is not None
+    ]
+    labelsets = unique([results_labels(view.manifest.run_id, m.scenario) for m in included], position=1)
+    return list(zip(included, labelsets, strict=True))
+
+
 #: (metric name, help, value getter on one scenario's figures)
 Spec = tuple[str, str, Callable[[Any], float | None]]
 

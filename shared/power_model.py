@@ -218,6 +218,10 @@ def train(
         candidates=scores,
         trained_at=time.time(),
         fingerprint=fingerprint,
+        feature_ranges={
+            name: [min(p.features()[name] for p in points), max(p.features()[name] for p in points)]
+            for name in FEATURES
+        },
     )
     return PowerModel(predictor, info)
 

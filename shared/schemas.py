@@ -207,6 +207,16 @@ class ErrorEvent(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+class RunDeleted(msgspec.Struct, kw_only=True):
+    """Subject ``te.events.run.deleted``: a run was removed on request (``transcode-energy runs delete``);
+    its scenarios, manifests and results of the listed contents (digests) are purged from the streams."""
+
+    run_id: str
+    digests: list[str]
+    at: float
+    schema_version: int = SCHEMA_VERSION
+
+
 class IngestRecord(msgspec.Struct, kw_only=True):
     """Value in KV ``te_ingested`` under the run key: what the ingest service has published for a run."""
 
@@ -267,6 +277,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     fingerprint: str = ""
     #: Runs whose scenarios the model was trained on.
     runs: list[str] = []
+    #: Feature -> [min, max] over the training points: a prediction outside is an extrapolation.
+    feature_ranges: dict[str, list[float]] = {}
 
 
 class ModelingScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -391,6 +403,12 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     confidence_level: float
     features: dict[str, float]
     model: ModelInfo
+    #: Energy of one hour at the predicted mean power, Wh (= W x 1 h), with the interval's ends.
+    energy_wh_per_hour: float | None = None
+    energy_wh_per_hour_low: float | None = None
+    energy_wh_per_hour_high: float | None = None
+    #: One sentence per feature outside the range the model was trained on (an extrapolation).
+    warnings: list[str] = []
     schema_version: int = SCHEMA_VERSION
 
 
@@ -599,6 +617,131 @@ class FleetPlan(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Advisor API (nats.micro service ``transcode-energy-advisor``; subjects in shared/subjects.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """One ingested run: its newest generation and which kinds have published a result for it."""
+
+    run_id: str
+    digest: str
+    generation: int
+    file_name: str
+    scenarios: int
+    ingested_at: float
+    #: Kinds whose result of this generation is published.
+    kinds_done: list[str]
+    #: True for the run the gateway exports (the greatest run id).
+    latest: bool = False
+
+
+class RunsRequest(msgspec.Struct, kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+
+
+class RunsResponse(msgspec.Struct, kw_only=True):
+    runs: list[RunSummary]
+    #: Every kind the system computes, in registry order.
+    kinds: list[str]
+    schema_version: int = SCHEMA_VERSION
+
+
+class RecommendRequest(msgspec.Struct, kw_only=True):
+    #: None: the latest run.
+    run_id: str | None = None
+    #: ``auto`` (the run's primary algorithm) or one of throughput_per_watt, pixels_per_joule,
+    #: quality_per_watt, qoe_efficiency.
+    algorithm: str = "auto"
+    #: Only scenarios of this output ladder id (e.g. ``1280x720@30``).
+    ladder: str | None = None
+    top: int = 10
+    min_vmaf: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class RankedScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
+    rank: int
+    index: int
+    name: str
+    output_ladder: str
+    score: float
+    unit: str
+    mean_power_w: float | None = None
+    vmaf: float | None = None
+    #: currency per stream-hour (see RecommendResponse.currency).
+    cost_per_stream_hour: float | None = None
+    watts_per_stream: float | None = None
+    pareto: bool = False
+    recommended: bool = False
+
+
+class RecommendResponse(msgspec.Struct, kw_only=True):
+    run_id: str
+    algorithm: str
+    unit: str
+    currency: str | None
+    rows: list[RankedScenario]
+    recommendations: list[Recommendation]
+    #: Scenarios scored but left out by the filters (ladder, min_vmaf), and unscored ones.
+    filtered_out: int = 0
+    notes: list[str] = []
+    schema_version: int = SCHEMA_VERSION
+
+
+class CompareRequest(msgspec.Struct, kw_only=True):
+    #: The earlier run (its prediction intervals judge regressions) and the newer one.
+    run_a: str
+    run_b: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class PlanRequest(msgspec.Struct, kw_only=True):
+    """A fleet of ``streams`` streams of one configuration (``scenario``: bitrate, resolution, fps, encoder,
+    optionally ``outputs`` for a ladder)."""
+
+    streams: int
+    scenario: Scenario
+    #: Streams one host runs; None: the most streams per host the model was trained on.
+    streams_per_host: int | None = None
+    #: Pricing region; None: the advisor's configured region.
+    region: str | None = None
+    hours_per_day: float = 24.0
+    cpu_model: str | None = None
+    cores_per_host: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+
+class ReportRequest(msgspec.Struct, kw_only=True):
+    #: None: the latest run.
+    run_id: str | None = None
+    #: Another run to compare with (this run is the newer one).
+    compare: str | None = None
+    #: ``md``, ``csv`` or ``json``.
+    format: str = "md"
+    schema_version: int = SCHEMA_VERSION
+
+
+class ReportResponse(msgspec.Struct, kw_only=True):
+    run_id: str
+    format: str
+    text: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class DeleteRunRequest(msgspec.Struct, kw_only=True):
+    run_id: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class DeleteRunResponse(msgspec.Struct, kw_only=True):
+    run_id: str
+    #: Stream messages removed (scenarios, manifests and results of every generation).
+    removed_messages: int
+    schema_version: int = SCHEMA_VERSION
+
+
 #: Message types documented with JSON Schema, by name.
 PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "ScenarioMessage": ScenarioMessage,
@@ -614,4 +757,15 @@ PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "AdviceResult": AdviceResult,
     "RunComparison": RunComparison,
     "FleetPlan": FleetPlan,
+    "RunsRequest": RunsRequest,
+    "RunsResponse": RunsResponse,
+    "RecommendRequest": RecommendRequest,
+    "RecommendResponse": RecommendResponse,
+    "CompareRequest": CompareRequest,
+    "PlanRequest": PlanRequest,
+    "ReportRequest": ReportRequest,
+    "ReportResponse": ReportResponse,
+    "DeleteRunRequest": DeleteRunRequest,
+    "DeleteRunResponse": DeleteRunResponse,
+    "RunDeleted": RunDeleted,
 }

@@ -31,6 +31,8 @@ RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>"]
 # --- error and pipeline events -------------------------------------------------------------------------------
 #: ``te.events.error.<service>``: payload ``ErrorEvent`` (a rejected file, a failed enrichment, ...).
 EVENTS_ERROR = f"{PREFIX}.events.error"
+#: ``te.events.run.deleted``: payload ``RunDeleted`` (a run removed on request; the gateway drops it).
+RUN_DELETED = f"{PREFIX}.events.run.deleted"
 EVENTS_STREAM = "TE_EVENTS"
 EVENTS_STREAM_SUBJECTS = [f"{PREFIX}.events.>"]
 
@@ -45,6 +47,17 @@ KV_HISTORY = "te_history"
 # --- request/reply (nats.micro) ------------------------------------------------------------------------------
 MICRO_MODELING_SERVICE = "transcode-energy-modeling"
 PREDICT_POWER = f"{PREFIX}.predict.power"
+#: The advisor (nats.micro service ``transcode-energy-advisor``): request -> response Structs in schemas.
+MICRO_ADVISOR_SERVICE = "transcode-energy-advisor"
+ADVISOR = f"{PREFIX}.advisor"
+ADVISOR_RUNS = f"{ADVISOR}.runs"  # RunsRequest -> RunsResponse
+ADVISOR_RECOMMEND = f"{ADVISOR}.recommend"  # RecommendRequest -> RecommendResponse
+ADVISOR_COMPARE = f"{ADVISOR}.compare"  # CompareRequest -> RunComparison
+ADVISOR_PLAN = f"{ADVISOR}.plan"  # PlanRequest -> FleetPlan
+ADVISOR_REPORT = f"{ADVISOR}.report"  # ReportRequest -> ReportResponse
+ADVISOR_DELETE_RUN = f"{ADVISOR}.runs.delete"  # DeleteRunRequest -> DeleteRunResponse
+#: Every service announces itself as ``transcode-energy-<service>`` (nats.micro), so ``$SRV.PING`` finds it.
+MICRO_SERVICE_PREFIX = "transcode-energy-"
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{16}$")
 

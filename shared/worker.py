@@ -324,6 +324,8 @@ async def run_worker_service(
     try:
         await bus.ensure_topology(nc.jetstream(), replicas=args.js_replicas)
         computer = await open_computer(kind, nc, settings)
+        # Stateful kinds announce themselves with their own request/reply service.
+        announced = await bus.announce(nc, kind.name) if kind.open is None else None
         try:
             worker = RunWorker(nc, kind=kind.name, compute=computer, replicas=args.js_replicas, needs=needs)
             if ready is not None:
@@ -331,6 +333,9 @@ async def run_worker_service(
             await worker.serve(stop, args.bind, args.status_port)
         finally:
             await computer.close()
+            if announced is not None:
+                with contextlib.suppress(Exception):
+                    await announced.stop()
     finally:
         await bus.drain(nc)
     log.info("%s stopped", kind.name)

@@ -49,7 +49,7 @@ from shared.families import Family
 from shared.httpserver import StatusServer
 from shared.kinds import Kind
 from shared.runs import load_scenarios
-from shared.schemas import ErrorEvent, ResultEnvelope, RunManifest
+from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest
 
 log = logging.getLogger("exporter")
 SERVICE = "exporter"
@@ -239,9 +239,15 @@ class Gateway:
         self._mark("results", msg)
 
     async def _on_event(self, msg: Msg) -> None:
-        if msg.subject.startswith(subjects.EVENTS_ERROR):
-            with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(msgspec.DecodeError):
+            if msg.subject.startswith(subjects.EVENTS_ERROR):
                 self.state.add_error(msgspec.json.decode(msg.data, type=ErrorEvent))
+            elif msg.subject == subjects.RUN_DELETED:
+                deleted = msgspec.json.decode(msg.data, type=RunDeleted)
+                if self.state.remove_run(deleted.run_id, deleted.digests):
+                    log.info(
+                        "run %s was deleted; %s is exported now", deleted.run_id, self.state.latest_run_id
+                    )
         self._mark("events", msg)
 
     async def _replay(self, name: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
@@ -358,11 +364,14 @@ async def main(
         await bus.drain(nc)
         raise
     watcher = asyncio.get_running_loop().create_task(_signal_ready(gateway, ready)) if ready else None
+    announced = await bus.announce(nc, SERVICE)
     try:
         await gateway.run(stop, lag_interval=args.lag_interval)
     finally:
         if watcher is not None:
             watcher.cancel()
+        with contextlib.suppress(Exception):
+            await announced.stop()
         for server in servers.values():
             server.stop()
         await bus.drain(nc)

@@ -89,6 +89,17 @@ class GatewayState:
         self.version += 1
         return True
 
+    def remove_run(self, run_id: str, digests: list[str]) -> bool:
+        """Forget a run deleted on request, unless a content published since (another digest) replaced it."""
+        current = self.manifests.get(run_id)
+        if current is None or current.digest not in digests:
+            return False
+        del self.manifests[run_id]
+        self.scenarios.pop(run_id, None)
+        self.results = {key: r for key, r in self.results.items() if key[1] != run_id}
+        self.version += 1
+        return True
+
     def add_error(self, event: ErrorEvent) -> None:
         self.errors[(event.service, event.reason)] += 1
         self.version += 1

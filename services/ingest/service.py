@@ -650,11 +650,14 @@ async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Eve
         status.start()
         log.info("ingest status on http://%s:%d/metrics", args.bind, status.port)
     announce = asyncio.ensure_future(_announce(service, ready)) if ready is not None else None
+    discoverable = await bus.announce(nc, SERVICE)
     try:
         await service.run(stop)
     finally:
         if announce is not None:
             announce.cancel()
+        with contextlib.suppress(Exception):
+            await discoverable.stop()
         if status is not None:
             status.stop()
         if enricher is not None:

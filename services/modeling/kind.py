@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.config import flag
-from shared.families import RESULTS_LABELS, Family, RunView, results_labels, unique
+from shared.families import RESULTS_LABELS, Family, RunView, results_labelsets
 from shared.kinds import Computer, Kind
 from shared.schemas import ModelingResult, ModelingScenario, QoEResult
 
@@ -212,10 +212,6 @@ def families(view: RunView) -> list[Family]:
     qoe_result = view.result("qoe", QoEResult)
     modeling = {m.index: m for m in modeling_result.scenarios} if modeling_result else {}
     qoe = {q.index: q for q in qoe_result.scenarios} if qoe_result else {}
-    included = [
-        m for m in view.scenarios if m.scenario.start_time is not None and m.scenario.end_time is not None
-    ]
-    labelsets = unique([results_labels(view.manifest.run_id, m.scenario) for m in included], position=1)
     families = [Family(name, help_, RESULTS_LABELS) for name, help_, _ in _RESULTS]
     extra = {
         "vmaf": Family("results_scenario_vmaf_score", "VMAF quality score (0-100)", RESULTS_LABELS),
@@ -224,7 +220,7 @@ def families(view: RunView) -> list[Family]:
         "total_frames": Family("results_scenario_total_frames", "Frames transcoded (count)", RESULTS_LABELS),
         "dropped_frames": Family("results_scenario_dropped_frames", "Frames dropped (count)", RESULTS_LABELS),
     }
-    for message, labels in zip(included, labelsets, strict=True):
+    for message, labels in results_labelsets(view):
         stats = modeling.get(message.index)
         if stats is not None:
             for family, (_, _, getter) in zip(families, _RESULTS, strict=True):

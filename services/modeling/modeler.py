@@ -20,6 +20,7 @@ from nats.micro.service import Service
 
 from services.modeling.kind import ModelingSettings
 from shared import bus, subjects
+from shared.planning import extrapolation_warnings
 from shared.power_model import (
     MIN_TRAINING_POINTS,
     PowerModel,
@@ -33,6 +34,7 @@ from shared.runs import RunInput, make_result
 from shared.scenario_stats import run_stats
 from shared.schemas import ModelingResult, ModelingScenario, PredictRequest, PredictResponse
 from shared.telemetry import resolve
+from shared.units import JOULES_PER_WH, SECONDS_PER_HOUR
 
 log = logging.getLogger("modeling")
 
@@ -183,21 +185,35 @@ class Modeler:
         if model is None:
             await request.respond_error("404", f"no model for cpu_model {query.cpu_model or 'unknown'!r} yet")
             return
-        interval = model.predict(features)
-        response = PredictResponse(
-            mean_power_w=interval.mean,
-            prediction_interval_low_w=interval.low,
-            prediction_interval_high_w=interval.high,
-            confidence_level=interval.confidence_level,
-            features=features,
-            model=model.info,
-        )
-        await request.respond(msgspec.json.encode(response))
+        await request.respond(msgspec.json.encode(predict_response(model, features)))
 
     async def close(self) -> None:
         if self.service is not None:
             with contextlib.suppress(Exception):
                 await self.service.stop()
+
+
+def predict_response(model: PowerModel, features: dict[str, float]) -> PredictResponse:
+    """The model's answer for one configuration: mean power W with its prediction interval, the energy of
+    one hour at that power (Wh = W x 1 h), and a warning per feature outside the trained range."""
+    interval = model.predict(features)
+    ranges = {name: (bounds[0], bounds[1]) for name, bounds in model.info.feature_ranges.items()}
+    return PredictResponse(
+        mean_power_w=interval.mean,
+        prediction_interval_low_w=interval.low,
+        prediction_interval_high_w=interval.high,
+        confidence_level=interval.confidence_level,
+        features=features,
+        model=model.info,
+        energy_wh_per_hour=interval.mean * SECONDS_PER_HOUR / JOULES_PER_WH,
+        energy_wh_per_hour_low=None
+        if interval.low is None
+        else interval.low * SECONDS_PER_HOUR / JOULES_PER_WH,
+        energy_wh_per_hour_high=(
+            None if interval.high is None else interval.high * SECONDS_PER_HOUR / JOULES_PER_WH
+        ),
+        warnings=extrapolation_warnings(features, ranges),
+    )
 
 
 async def start_modeler(nc: NATS, settings: ModelingSettings) -> Modeler:
@@ -212,6 +228,7 @@ async def start_modeler(nc: NATS, settings: ModelingSettings) -> Modeler:
         name=subjects.MICRO_MODELING_SERVICE,
         version=MICRO_VERSION,
         description="Predict transcoding power for a configuration from the trained model",
+        metadata={"service": "modeling"},
     )
     await modeler.service.add_endpoint(
         name="predict-power", subject=subjects.PREDICT_POWER, handler=modeler.handle_predict
