@@ -14,6 +14,14 @@ from shared.integration import SampledSeries, integrate
 from shared.units import GRAMS_PER_KG, HOURS_PER_MONTH, JOULES_PER_KWH, SECONDS_PER_HOUR, WATTS_PER_KILOWATT
 
 
+def energy_j(power_w: SampledSeries | None, gpu_energy_j: float | None = None) -> float | None:
+    """Energy the cost model prices, J: the integral of the power samples plus the GPU's energy."""
+    joules = integrate(power_w)
+    if joules is None:
+        return gpu_energy_j
+    return joules + (gpu_energy_j or 0.0)
+
+
 @dataclass(frozen=True)
 class LoadAwareCost:
     """Costs of one scenario, in the model's currency."""
@@ -61,9 +69,9 @@ class CostModel:
 
     # -- load-aware ----------------------------------------------------------------------------------------
 
-    def energy_cost(self, power_w: SampledSeries | None) -> float | None:
-        """integral(power W) dt [J] x price per J. None without power samples."""
-        joules = integrate(power_w)
+    def energy_cost(self, power_w: SampledSeries | None, gpu_energy_j: float | None = None) -> float | None:
+        """(integral(power W) dt [J] + GPU energy J) x price per J. None without either."""
+        joules = energy_j(power_w, gpu_energy_j)
         return None if joules is None else joules * self.price_per_joule
 
     def compute_cost(self, cpu_cores: SampledSeries | None, gpu: SampledSeries | None = None) -> float | None:
@@ -84,6 +92,7 @@ class CostModel:
         power_w: SampledSeries | None,
         cpu_cores: SampledSeries | None,
         gpu: SampledSeries | None = None,
+        gpu_energy_j: float | None = None,
         total_pixels: float | None = None,
         duration_s: float | None = None,
         viewers: float | None = None,
@@ -94,7 +103,7 @@ class CostModel:
         before). ``per_pixel`` = total / pixels. ``per_watch_hour`` = total / (duration h x viewers), None
         without a positive viewer count.
         """
-        energy = self.energy_cost(power_w)
+        energy = self.energy_cost(power_w, gpu_energy_j)
         compute = self.compute_cost(cpu_cores, gpu)
         total = None if energy is None and compute is None else (energy or 0.0) + (compute or 0.0)
         per_pixel = None
@@ -109,7 +118,7 @@ class CostModel:
             total=total,
             per_pixel=per_pixel,
             per_watch_hour=per_watch_hour,
-            energy_joules=integrate(power_w),
+            energy_joules=energy_j(power_w, gpu_energy_j),
             cpu_core_seconds=integrate(cpu_cores),
             gpu_seconds=integrate(gpu),
         )

@@ -60,6 +60,9 @@ class Kind:
     #: Otherwise computed once every needed result of the run's newest generation is published, and
     #: ``RunInput.results`` holds them.
     needs: tuple[str, ...] = ()
+    #: A digest of the settings that change results (prices, a region, ...). When it differs from the one
+    #: the kind last ran with, the kind's consumer is reset at start-up so every stored run is recomputed.
+    fingerprint: Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         if (self.compute is None) == (self.open is None):

@@ -341,6 +341,10 @@ class CostScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
     co2_kg_per_hour: float | None = None
     co2_monthly_kg: float | None = None
     co2_monthly_avoided_kg: float | None = None
+    #: Grid carbon intensity used for this scenario, g CO2/kWh: for its own start..end when Electricity Maps'
+    #: history is available (``electricity-maps-past``), else ``electricity-maps``, ``config`` or ``table``.
+    co2_intensity_g_per_kwh: float | None = None
+    co2_intensity_source: str | None = None
     energy_joules: float | None = None
     cpu_core_seconds: float | None = None
     mean_power_w: float | None = None

@@ -43,6 +43,8 @@ KV_INGESTED = "te_ingested"
 KV_MODELS = "te_models"
 #: hardware fingerprint -> bounded training history (modeling worker).
 KV_HISTORY = "te_history"
+#: kind name -> fingerprint of the settings its stored results were computed with (re-pricing).
+KV_KIND_SETTINGS = "te_kind_settings"
 
 # --- request/reply (nats.micro) ------------------------------------------------------------------------------
 MICRO_MODELING_SERVICE = "transcode-energy-modeling"

@@ -166,11 +166,23 @@ def mean_power_w(
     return mean(samples)
 
 
+def gpu_mean_power_w(tel: ResolvedTelemetry, duration_s: float | None) -> float | None:
+    """Mean GPU power, W, by the same precedence: the file's ``gpu_power.mean_watts``, else GPU energy J
+    (DCGM's energy counter, or the integral of GPU power) / duration s, else the mean of the GPU power
+    samples. None on a machine without GPU telemetry."""
+    return mean_power_w(
+        stated_w=tel.gpu_mean_power_w,
+        energy_j=tel.gpu_energy_j,
+        duration_s=duration_s,
+        samples=tel.gpu_power_w,
+    )
+
+
 def scenario_mean_power_w(
     tel: ResolvedTelemetry, duration_s: float | None, *, include_gpu: bool = False
 ) -> float | None:
-    """Mean CPU package power (results, modeling), W; with ``include_gpu`` plus the GPU's mean power stated by
-    the file (``gpu_power.mean_watts``), as the old QoE exporter added it for quality per watt."""
+    """Mean CPU package power (results, modeling), W; with ``include_gpu`` plus the GPU's
+    (:func:`gpu_mean_power_w`), as the old QoE exporter added the GPU's stated mean for quality per watt."""
     cpu = mean_power_w(
         stated_w=tel.summary_mean_power_w,
         energy_j=tel.energy_or_integral_j(),
@@ -179,16 +191,29 @@ def scenario_mean_power_w(
     )
     if cpu is None or not include_gpu:
         return cpu
-    return cpu + (tel.gpu_mean_power_w or 0.0)
+    return cpu + (gpu_mean_power_w(tel, duration_s) or 0.0)
+
+
+def total_energy_j(tel: ResolvedTelemetry) -> float | None:
+    """Energy of the scenario on CPU package and GPU, J (GPU energy adds where GPU telemetry exists)."""
+    cpu = tel.energy_or_integral_j()
+    if cpu is None:
+        return tel.gpu_energy_j
+    return cpu + (tel.gpu_energy_j or 0.0)
 
 
 def cost_mean_power_w(tel: ResolvedTelemetry, duration_s: float | None) -> float | None:
-    """Mean power of the series the cost family prices, W.
+    """Mean power of what the cost family prices, W: its CPU series plus the GPU's.
 
-    The cost family deliberately keeps the old cost exporter's figure, so that ``cost_usd_per_hour``, the
-    monthly projections and CO2 continue their series: the arithmetic mean of the samples of the series it
-    integrates (the sum over every RAPL zone when known, else package power), i.e. step 3 of
-    :func:`mean_power_w`. Without samples it is :func:`scenario_mean_power_w` (a stated mean, else E / D).
+    For the CPU the cost family deliberately keeps the old cost exporter's figure, so that
+    ``cost_usd_per_hour``, the monthly projections and CO2 continue their series: the arithmetic mean of the
+    samples of the series it integrates (the sum over every RAPL zone when known, else package power), i.e.
+    step 3 of :func:`mean_power_w`; without samples, :func:`scenario_mean_power_w` (a stated mean, else
+    E / D). The GPU's mean power (:func:`gpu_mean_power_w`) is added where GPU telemetry exists.
     """
     sampled = mean(tel.cost_power_w)
-    return sampled if sampled is not None else scenario_mean_power_w(tel, duration_s)
+    cpu = sampled if sampled is not None else scenario_mean_power_w(tel, duration_s)
+    gpu = gpu_mean_power_w(tel, duration_s)
+    if cpu is None:
+        return gpu
+    return cpu + (gpu or 0.0)

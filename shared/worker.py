@@ -85,8 +85,10 @@ class RunWorker:
         max_deliver: int = MAX_DELIVER,
         replicas: int = 1,
         needs: Mapping[str, type[ResultEnvelope]] | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.nc = nc
+        self.fingerprint = fingerprint
         #: For a derived kind: the kinds it is computed from, with their result types.
         self.needs = {name: msgspec.json.Decoder(cls) for name, cls in (needs or {}).items()}
         self.js = nc.jetstream()
@@ -132,15 +134,16 @@ class RunWorker:
         manifest = await latest_manifest(self.js, digest)
         if manifest is None:
             return None
-        own = await load_result(self.js, self.kind, digest, _ENVELOPE)
-        if own is not None and own.generation >= manifest.generation:
-            return None
         results: dict[str, ResultEnvelope] = {}
         for name, decoder in self.needs.items():
             found = await load_result(self.js, name, digest, decoder)
             if found is None or found.generation != manifest.generation:
                 return None
             results[name] = found
+        own = await load_result(self.js, self.kind, digest, _ENVELOPE)
+        newest_input = max(r.computed_at for r in results.values())
+        if own is not None and own.generation == manifest.generation and own.computed_at >= newest_input:
+            return None  # already computed from these very inputs
         return manifest, RunInput(manifest, await load_scenarios(self.js, manifest), results)
 
     async def handle(self, msg: Msg) -> None:
@@ -245,6 +248,34 @@ class RunWorker:
                 else:
                     await msg.nak(delay=5)
 
+    async def _replay_if_settings_changed(self, stream: str) -> None:
+        """Recompute every stored run when the settings that shape this kind's results changed (a new
+        price or region for cost): the durable consumer is recreated, so it delivers every run again.
+        The settings record is swapped with compare-and-set, so of several replicas one resets."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+        assert self.fingerprint is not None
+        kv = await bus.ensure_kv(self.js, subjects.KV_KIND_SETTINGS, replicas=self.replicas)
+        try:
+            entry = await kv.get(self.kind)
+            stored, revision = (entry.value or b"").decode(), entry.revision or 0
+        except KeyNotFoundError:
+            stored, revision = None, 0
+        if stored == self.fingerprint:
+            return
+        try:
+            if revision:
+                await kv.update(self.kind, self.fingerprint.encode(), last=revision)
+            else:
+                await kv.create(self.kind, self.fingerprint.encode())
+        except KeyWrongLastSequenceError:
+            return  # another replica is resetting
+        if stored is None:
+            return  # first start: the new consumer delivers every run anyway
+        log.info("%s: settings changed; recomputing every stored run", self.kind)
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(stream, self.kind)
+
     def status_server(self, host: str, port_number: int) -> StatusServer:
         """/health, /ready (consuming and connected) and this worker's counters."""
         registry = CollectorRegistry(auto_describe=False)
@@ -288,6 +319,8 @@ class RunWorker:
             if self.needs
             else (subjects.INGEST_STREAM, f"{subjects.INGEST_RUN}.>")
         )
+        if self.fingerprint is not None:
+            await self._replay_if_settings_changed(stream)
         await bus.ensure_pull_consumer(
             self.js, stream, self.kind, source, ack_wait=ACK_WAIT_S, max_deliver=self.max_deliver
         )

@@ -56,10 +56,35 @@ def settings_from_args(args: argparse.Namespace) -> CostSettings:
     )
 
 
+def settings_fingerprint(settings: CostSettings) -> str:
+    """What the stored costs depend on: prices, currency, region, the pricing config's content and whether
+    live carbon data is used. A change recomputes every stored run at the next start (re-pricing)."""
+    import hashlib
+
+    import msgspec
+
+    pricing = settings.pricing
+    described = {
+        "energy": settings.energy_cost_per_kwh,
+        "cpu": settings.cpu_cost_per_hour,
+        "gpu": settings.gpu_cost_per_hour,
+        "currency": settings.currency,
+        "region": pricing.region,
+        "config": msgspec.to_builtins(pricing.config) if pricing.config is not None else None,
+        "live": pricing.electricity_maps.base_url if pricing.electricity_maps is not None else None,
+    }
+    return hashlib.sha256(msgspec.json.encode(described)).hexdigest()
+
+
 def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
     """Pure apart from the (cached) carbon-intensity lookup."""
     energy_price = effective_energy_price(settings.energy_cost_per_kwh, settings.pricing)
-    intensity = settings.pricing.co2_intensity()
+    times = [(m.scenario.start_time, m.scenario.end_time) for m in run.scenarios]
+    known = [(float(a), float(b)) for a, b in times if a is not None and b is not None]
+    # The run's own window (all its scenarios) for the run-level figure; each scenario gets its own below.
+    intensity = settings.pricing.co2_intensity(
+        (min(a for a, _ in known), max(b for _, b in known)) if known else None
+    )
     model = CostModel(
         energy_cost_per_kwh=energy_price.value,
         cpu_cost_per_hour=settings.cpu_cost_per_hour,
@@ -79,6 +104,7 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
             power_w=tel.cost_power_w,
             cpu_cores=tel.cpu_cores,
             gpu=tel.gpu_usage,
+            gpu_energy_j=tel.gpu_energy_j,
             total_pixels=total_pixels(scenario),
             duration_s=durations[index],
             viewers=scenario.viewers if scenario.viewers is not None else settings.viewers,
@@ -86,9 +112,15 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
         if costs.total is None:
             notes.append(tel.missing_reason or "no power or CPU telemetry")
         mean_power = powers[index]
+        start, end = times[index]
+        own = (
+            settings.pricing.co2_intensity((float(start), float(end)))
+            if start is not None and end is not None
+            else intensity
+        )
         projection = None
         if mean_power is not None:
-            projection = project(model, mean_power, intensity.value, baseline_power)
+            projection = project(model, mean_power, own.value, baseline_power)
         out.append(
             CostScenario(
                 index=index,
@@ -103,6 +135,8 @@ def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
                 co2_kg_per_hour=projection.co2_kg_per_hour if projection else None,
                 co2_monthly_kg=projection.co2_monthly_kg if projection else None,
                 co2_monthly_avoided_kg=projection.co2_monthly_avoided_kg if projection else None,
+                co2_intensity_g_per_kwh=own.value,
+                co2_intensity_source=own.source,
                 energy_joules=costs.energy_joules,
                 cpu_core_seconds=costs.cpu_core_seconds,
                 mean_power_w=mean_power,
@@ -182,7 +216,25 @@ def families(view: RunView) -> list[Family]:
         ),
     ]
     labelsets = unique([cost_labels(m.scenario, cur) for m in view.scenarios], position=0)
-    return per_scenario(specs, COST_LABELS, view.scenarios, labelsets, {x.index: x for x in c.scenarios})
+    families = per_scenario(specs, COST_LABELS, view.scenarios, labelsets, {x.index: x for x in c.scenarios})
+    # What the cost series were computed with, so a dashboard (and a person) can tell a repriced run.
+    info = Family(
+        "cost_pricing_info",
+        "Pricing the latest run's costs were computed with (value 1)",
+        ("run_id", "region", "currency", "energy_price_source", "co2_intensity_source"),
+    )
+    info.add((c.run_id, c.region, cur, c.energy_price_source, c.co2_intensity_source), 1.0)
+    price = Family(
+        "cost_energy_price_per_kwh", f"Electricity price used ({cur}/kWh)", ("region", "currency", "source")
+    )
+    price.add((c.region, cur, c.energy_price_source), c.energy_price_per_kwh)
+    intensity = Family(
+        "co2_intensity_g_per_kwh",
+        "Grid carbon intensity over the latest run's window (g CO2/kWh)",
+        ("region", "source"),
+    )
+    intensity.add((c.region, c.co2_intensity_source), c.co2_intensity_g_per_kwh)
+    return [*families, info, price, intensity]
 
 
 KIND = Kind(
@@ -193,4 +245,5 @@ KIND = Kind(
     families=families,
     compute=compute_costs,
     listener="cost",
+    fingerprint=settings_fingerprint,
 )

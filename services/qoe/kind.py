@@ -36,7 +36,7 @@ from shared.scoring import (
     validate_ssim,
     validate_vmaf,
 )
-from shared.telemetry import ResolvedTelemetry, resolve, scenario_mean_power_w
+from shared.telemetry import ResolvedTelemetry, resolve, scenario_mean_power_w, total_energy_j
 
 log = logging.getLogger("qoe")
 
@@ -185,7 +185,7 @@ def qoe_of(index: int, scenario: Scenario, tel: ResolvedTelemetry, settings: QoE
     duration = measured_duration_s(scenario)
     measured = Measured(
         mean_power_w=scenario_mean_power_w(tel, duration, include_gpu=True),
-        energy_j=tel.energy_or_integral_j(),
+        energy_j=total_energy_j(tel),
         duration_s=duration,
         vmaf=vmaf,
     )
