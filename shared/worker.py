@@ -2,7 +2,7 @@
 
 * All replicas of one kind bind to the same durable consumer (named after the kind), so they split the runs
   between them; starting another process is all it takes to scale out.
-* A result is published with ``Nats-Msg-Id = <digest>:<generation>:<kind>`` and the message is acked only
+* A result is published with ``Nats-Msg-Id = <digest>:<generation>:<kind>[:<settings>][:<inputs>]`` and acked only
   after JetStream acknowledged the result: a crash before the ack redelivers the run, and the redelivered
   result replaces the first (one message per subject), so nothing is lost or counted twice.
 * While a run is being computed the worker tells JetStream it is still working on it (``in_progress``) every
@@ -206,7 +206,7 @@ class RunWorker:
                 subjects.result_subject(self.kind, manifest.digest),
                 payload,
                 stream=subjects.RESULTS_STREAM,
-                headers={"Nats-Msg-Id": f"{manifest.digest}:{manifest.generation}:{self.kind}"},
+                headers={"Nats-Msg-Id": self._message_id(manifest, run)},
             )
             await msg.ack()
             self.processed += 1
@@ -247,6 +247,17 @@ class RunWorker:
                     await msg.term()
                 else:
                     await msg.nak(delay=5)
+
+    def _message_id(self, manifest: RunManifest, run: RunInput) -> str:
+        """Dedupe key of a result: the same run generation computed from the same inputs with the same
+        settings is one message, however often a crash redelivers it; recomputing after new settings (or
+        newer inputs, for a derived kind) is a new message that replaces the old one on its subject."""
+        key = f"{manifest.digest}:{manifest.generation}:{self.kind}"
+        if self.fingerprint is not None:
+            key += f":{self.fingerprint[:16]}"
+        if run.results:
+            key += f":{max(r.computed_at for r in run.results.values())!r}"
+        return key
 
     async def _replay_if_settings_changed(self, stream: str) -> None:
         """Recompute every stored run when the settings that shape this kind's results changed (a new
