@@ -134,6 +134,8 @@ _KNOWN_FIELDS = frozenset(Scenario.__struct_fields__)
 _VALIDATION_RE = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _EXPECTED_RE = re.compile(r"Expected `(?P<expected>[^`]+)`")
 _BYTE_RE = re.compile(r"\(byte (?P<byte>\d+)\)")
+#: msgspec's words for a number no float (or int64) can hold; reported like the walk's ``out_of_range``.
+_OUT_OF_RANGE = frozenset({"Number out of range", "Integer value out of range"})
 
 
 def _line_col(data: bytes, offset: int) -> tuple[int, int]:
@@ -157,6 +159,37 @@ def _malformed(data: bytes, exc: msgspec.DecodeError) -> ResultsFileError:
     return ResultsFileError(
         "invalid_json", f"not valid JSON at line {line}, column {col}: {text}{hint}", expected="valid JSON"
     )
+
+
+def _invalid(exc: msgspec.ValidationError, root: str = "$") -> ResultsFileError:
+    """A msgspec validation error as ours; ``root`` is the JSON path of what was decoded."""
+    match = _VALIDATION_RE.match(str(exc))
+    assert match is not None
+    what = match.group("what")
+    path = root + (match.group("path") or "$")[1:]
+    message = str(exc) if root == "$" else f"{what} - at `{path}`"
+    if what in _OUT_OF_RANGE:  # 1e400 in a float field, a 5,000-digit integer anywhere
+        return ResultsFileError("out_of_range", message, json_path=path, expected="a finite number")
+    expected = _EXPECTED_RE.search(what)
+    return ResultsFileError(
+        "schema", message, json_path=path, expected=expected.group("expected") if expected else None
+    )
+
+
+def _decode_extras(view: _ExtrasView) -> list[dict[str, Any]]:
+    """Per scenario, the fields the schema does not know, decoded, errors located in the whole document."""
+    extras = []
+    for index, obj in enumerate(view.scenarios):
+        extra: dict[str, Any] = {}
+        for key, raw in obj.items():
+            if key in _KNOWN_FIELDS:
+                continue
+            try:
+                extra[key] = msgspec.json.decode(raw)
+            except msgspec.ValidationError as exc:
+                raise _invalid(exc, _key_path(f"$.scenarios[{index}]", key)) from None
+        extras.append(extra)
+    return extras
 
 
 def _not_utf8(data: bytes) -> ResultsFileError:
@@ -191,21 +224,9 @@ def decode_results(data: bytes, file_name: str) -> ParsedRun:
         raise TruncatedFileError("the file is empty (still being written?)")
     try:
         results = _DECODER.decode(data)
-        view = _EXTRAS_DECODER.decode(data)
-        extras = [
-            {key: msgspec.json.decode(raw) for key, raw in obj.items() if key not in _KNOWN_FIELDS}
-            for obj in view.scenarios
-        ]
+        extras = _decode_extras(_EXTRAS_DECODER.decode(data))
     except msgspec.ValidationError as exc:  # subclass of DecodeError: must come first
-        match = _VALIDATION_RE.match(str(exc))
-        assert match is not None
-        expected = _EXPECTED_RE.search(match.group("what"))
-        raise ResultsFileError(
-            "schema",
-            str(exc),
-            json_path=match.group("path") or "$",
-            expected=expected.group("expected") if expected else None,
-        ) from None
+        raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
         if "truncated" in str(exc):
             raise TruncatedFileError() from None
