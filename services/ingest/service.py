@@ -83,6 +83,8 @@ T = TypeVar("T")
 SERVICE = "ingest"
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 30.0
+#: An exception's text can be anything, up to a whole document: the event and sidecar keep its start.
+_MAX_INTERNAL_MESSAGE = 2000
 #: Exit codes of one-shot mode and --reenrich besides 0 and 1 (bad input): NATS unreachable, interrupted.
 EXIT_NATS_UNAVAILABLE = 2
 EXIT_INTERRUPTED = 130
@@ -588,14 +590,16 @@ class IngestService:
         except Exception as exc:
             if self._stop.is_set() and isinstance(exc, _RETRY_PUBLISH):
                 # Shutting down during an outage: not the file's fault; the next start publishes it.
-                log.warning("stopping before %s could be published; it stays for the next start", path.name)
+                log.warning(
+                    "stopping before %s could be published; it stays for the next start", printable(path.name)
+                )
                 return
             # A bug must not take the watcher down with it, nor be met again on every restart: the file is
             # moved aside with the exception, like any other file ingest cannot handle.
             log.exception("unexpected error while ingesting %s", printable(path.name))
             error = ResultsFileError(
                 "internal_error",
-                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__}: {exc}"[:_MAX_INTERNAL_MESSAGE],
                 expected="no internal error (please report it with this file)",
             )
             try:
@@ -805,6 +809,10 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
             f"{missing} still missing telemetry"
         )
         return 1 if missing else 0
+    except _TRANSIENT as exc:
+        raise NatsUnavailableError(
+            f"lost NATS at {bus.nats_config_from_args(args).display()} while re-enriching ({_describe(exc)})"
+        ) from None
     finally:
         enricher.close()
         await bus.drain(nc)
@@ -909,7 +917,7 @@ async def one_shot(args: argparse.Namespace) -> int:
                 f"{shown}: {state} as run {printable(outcome.run_id)} (digest {outcome.digest}, "
                 f"generation {outcome.generation}, {len(run.results.scenarios)} scenarios)"
             )
-    except _RETRY_PUBLISH as exc:
+    except _TRANSIENT as exc:
         raise NatsUnavailableError(
             f"lost NATS at {cfg.display()} while publishing ({_describe(exc)})"
         ) from None
