@@ -29,6 +29,7 @@ from services.ingest.service import IngestMetrics, IngestService, IngestSettings
 from services.up import free_port
 from shared import subjects
 from shared.bus import NatsConfig
+from shared.resultsfile import ResultsFileError
 from tests.conftest import DATA, NatsServer
 from tests.helpers import (
     OpenWatch,
@@ -414,3 +415,23 @@ async def test_one_shot_never_hangs(tmp_path: Path) -> None:
         assert time.monotonic() - sent < 10, sig
         assert proc.returncode == 130, (sig, rest)
         assert "interrupted" in rest and "Traceback" not in rest
+
+
+async def test_a_blocked_read_is_abandoned_and_frees_its_slot(
+    nc: NATS, nats_server: NatsServer, results_dir: Path, tmp_path: Path
+) -> None:
+    """A read that blocks in the kernel (here: a blocking open of a FIFO, as a dead network file system
+    would) costs its file ``read_timeout`` and a rejection, not the service: with one read slot, the next
+    read still goes through."""
+    fifo = tmp_path / "stuck"
+    os.mkfifo(fifo)
+    async with running_ingest(nats_server.url, results_dir, read_timeout=0.5, read_concurrency=1) as service:
+        started = time.monotonic()
+        with pytest.raises(ResultsFileError) as excinfo:
+            await service._off_loop(fifo.read_bytes, "reading the file")
+        assert excinfo.value.reason == "read_timeout"
+        assert 0.4 < time.monotonic() - started < 5
+        assert await service._off_loop(GOOD.read_bytes, "reading the file") == GOOD.read_bytes()
+        shutil.copy(GOOD, results_dir / GOOD.name)
+        await count_manifests(nc, 1)
+    assert _fifo_readers([fifo]) == [fifo]  # the abandoned thread was still blocked; now it is let go
