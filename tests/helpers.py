@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -128,3 +131,60 @@ async def count_manifests(nc: NATS, n: int) -> None:
         return len(await manifests(nc)) >= n
 
     await eventually(check, what=f"{n} run manifest(s)")
+
+
+async def count_errors(nc: NATS, n: int, timeout: float = 15.0) -> list[ErrorEvent]:
+    """Wait until the events stream holds at least ``n`` error events; return them."""
+
+    async def check() -> bool:
+        return len(await errors(nc)) >= n
+
+    await eventually(check, timeout=timeout, what=f"{n} error event(s)")
+    return await errors(nc)
+
+
+def sidecar(results_dir: Path, name: str) -> dict[str, Any]:
+    """The ``.error.json`` written beside a file moved to ``rejected/``."""
+    raw = (results_dir / "rejected" / f"{name}.error.json").read_bytes()
+    decoded: dict[str, Any] = msgspec.json.decode(raw)
+    return decoded
+
+
+class OpenWatch:
+    """Which entries of a directory get opened, from the kernel's inotify ``IN_OPEN`` events.
+
+    Proves a file was never opened (a FIFO must not be), by whatever means: a read, an ``O_NONBLOCK`` open
+    followed by ``fstat``, anything. Linux only; events of the directory itself carry no name and are skipped.
+    """
+
+    _IN_OPEN = 0x20
+    _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
+
+    def __init__(self, directory: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if self._libc.inotify_add_watch(self._fd, os.fsencode(directory), self._IN_OPEN) < 0:
+            os.close(self._fd)
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+        self._opened: set[str] = set()
+
+    def opened(self) -> set[str]:
+        """Names opened so far (every event read is remembered)."""
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return set(self._opened)
+            offset = 0
+            while offset < len(chunk):
+                _, mask, _, length = self._HEADER.unpack_from(chunk, offset)
+                offset += self._HEADER.size
+                name = chunk[offset : offset + length].rstrip(b"\0")
+                offset += length
+                if mask & self._IN_OPEN and name:
+                    self._opened.add(os.fsdecode(name))
+
+    def close(self) -> None:
+        os.close(self._fd)

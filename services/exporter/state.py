@@ -25,12 +25,22 @@ SERVICE_INGEST = "ingest"
 #: ErrorEvent reasons of the ingest service that reject a file (enrichment_failed does not).
 INGEST_REJECTION_REASONS = (
     "invalid_json",
+    "invalid_utf8",
     "schema",
+    "out_of_range",
+    "inconsistent",
+    "empty_run",
+    "too_deep",
     "too_large",
     "truncated",
     "outside_directory",
+    "bad_symlink",
+    "bad_name",
+    "not_regular_file",
     "unreadable",
+    "read_timeout",
     "scenario_too_large",
+    "internal_error",
 )
 WORKER_ERROR_REASONS = ("compute_failed", "bad_message", "schema_version", "result_too_large", "crashed")
 #: The "up"/"alive" family each legacy listener always shows, as the old exporters did.

@@ -7,6 +7,24 @@
 * A file that cannot be used is moved to ``<results-dir>/rejected/`` with ``<name>.error.json`` beside it,
   an ``ErrorEvent`` is published, one log line is written, and the service goes on with the next file.
 * A NATS outage never rejects a file: publishing is retried until NATS is back.
+
+Every candidate ends in exactly one state: published (or found already published), rejected (moved aside
+with its sidecar, event, log line and counter), or gone. In particular:
+
+* Nothing but a regular file is ever opened: a FIFO, socket, device or directory with a results name is
+  rejected after ``lstat``/``stat`` (``not_regular_file``), and files are opened ``O_NONBLOCK | O_NOFOLLOW``
+  and checked again with ``fstat``, so a FIFO swapped in at the last moment cannot block either.
+* Reading and decoding run in their own daemon threads, at most ``read_concurrency`` at once, each given
+  ``read_timeout`` seconds: a read that hangs (a dead network file system) is abandoned and its file rejected
+  (``read_timeout``), and it stops holding a slot, so it cannot starve the other files.
+* A bug is not retried forever on every restart: any unexpected exception rejects the file with reason
+  ``internal_error`` and the exception's type and message.
+* The watch is active before the start-up scan and before readiness (``scan_done``, ``/ready``, the
+  "watching" log line), so no file dropped at start-up is missed. If the watcher fails later (watchfiles
+  stops on a file name that is not UTF-8), it is started again and the directory scanned again.
+
+One-shot mode and ``--reenrich`` give up on an unreachable NATS after ``--connect-timeout-total`` seconds
+(exit 2, naming the URL) and stop at once on SIGINT/SIGTERM (exit 130).
 """
 
 from __future__ import annotations
@@ -14,11 +32,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import functools
 import logging
+import os
+import stat
 import sys
+import threading
 import time
+import types
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -42,15 +68,27 @@ from shared.resultsfile import (
     TruncatedFileError,
     decode_results,
     is_results_file_name,
+    printable,
     run_digest,
 )
 from shared.runs import latest_manifest, load_scenarios
 from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, Telemetry
 
+if TYPE_CHECKING:
+    from watchfiles.main import FileChange
+
 log = logging.getLogger("ingest")
+
+T = TypeVar("T")
 
 SERVICE = "ingest"
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
+DEFAULT_READ_TIMEOUT = 30.0
+#: An exception's text can be anything, up to a whole document: the event and sidecar keep its start.
+_MAX_INTERNAL_MESSAGE = 2000
+#: Exit codes of one-shot mode and --reenrich besides 0 and 1 (bad input): NATS unreachable, interrupted.
+EXIT_NATS_UNAVAILABLE = 2
+EXIT_INTERRUPTED = 130
 REJECTED_DIR = "rejected"
 _TRANSIENT = bus.TRANSIENT_ERRORS
 #: Publishing failures worth waiting out: NATS trouble, or another replica claimed the run first.
@@ -158,6 +196,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag(
         parser,
+        "--connect-timeout-total",
+        env="INGEST_CONNECT_TIMEOUT_TOTAL",
+        default=30.0,
+        type=positive_float,
+        help="one-shot mode and --reenrich: give up (exit 2) when NATS cannot be reached within this many "
+        "seconds in all (the service itself waits for NATS as long as it takes)",
+    )
+    flag(
+        parser,
         "--publish-retry-max-seconds",
         env="INGEST_PUBLISH_RETRY_MAX",
         default=10.0,
@@ -180,6 +227,10 @@ class IngestSettings:
     debounce_ms: int = 300
     force_polling: bool = False
     publish_retry_max: float = 10.0
+    #: Seconds one file's read and decode may take before it is abandoned and the file rejected.
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: Files read at once; a read past its timeout gives its slot back.
+    read_concurrency: int = 8
 
 
 class IngestMetrics:
@@ -223,27 +274,91 @@ class Rejection(Exception):
         self.error = error
 
 
-def read_results_file(path: Path, limit: int) -> bytes:
-    """The file's bytes, refusing (without reading them whole) files over ``limit`` bytes.
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
-    Raises ResultsFileError (``too_large``, ``unreadable``) and FileNotFoundError (gone: nothing to do).
+
+def _require_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ResultsFileError(
+            "not_regular_file", f"this is {kind}; it was not opened", expected="a regular file"
+        )
+
+
+def _resolve_link(path: Path, root: Path | None) -> Path:
+    """Where the symbolic link ``path`` leads, refusing loops, dangling links and (with ``root``) targets
+    outside ``root``."""
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise  # the link itself is gone
+        raise ResultsFileError(
+            "bad_symlink", "symbolic link points to nothing", expected="a link to an existing file"
+        ) from None
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop, later ones ELOOP
+        raise ResultsFileError(
+            "bad_symlink", f"symbolic link cannot be resolved: {exc}", expected="a link to an existing file"
+        ) from None
+    if root is not None and not target.is_relative_to(root):
+        raise ResultsFileError(
+            "outside_directory",
+            "symbolic link points outside the results directory; it is not read",
+            expected=f"a file inside {root}",
+        )
+    return target
+
+
+def read_results_file(path: Path, limit: int, root: Path | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (or of the file a symbolic link leads to, inside ``root`` when
+    given), refusing without reading them whole files over ``limit`` bytes. Blocking: run it in a thread.
+
+    Nothing else is ever opened: the type is checked with ``lstat``/``stat`` first, the open is
+    ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO swapped in after the check still cannot block; a symbolic link swapped
+    in is refused) and ``fstat`` checks the opened file again.
+
+    Raises ResultsFileError (``too_large``, ``unreadable``, ``not_regular_file``, ``bad_symlink``,
+    ``outside_directory``) and FileNotFoundError (gone: nothing to do).
     """
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+        info = os.lstat(path)
+        target = path
+        if stat.S_ISLNK(info.st_mode):
+            target = _resolve_link(path, root)
+            info = target.stat()
+    except (FileNotFoundError, ResultsFileError):
         raise
     except OSError as exc:
         raise ResultsFileError("unreadable", f"cannot stat file: {exc.strerror}") from None
-    if size > limit:
+    _require_regular(info.st_mode)
+    if info.st_size > limit:
         raise ResultsFileError(
             "too_large",
-            f"file is {size} bytes, over the {limit}-byte limit; it was not read",
+            f"file is {info.st_size} bytes, over the {limit}-byte limit; it was not read",
             expected=f"<= {limit} bytes",
         )
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        with path.open("rb") as fh:
+        fd = os.open(target, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            message = "became a symbolic link while being checked; it was not read"
+        else:
+            message = f"cannot open file: {exc.strerror}"
+        raise ResultsFileError("unreadable", message) from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            _require_regular(os.fstat(fd).st_mode)
             data = fh.read(limit + 1)
-    except PermissionError as exc:
+    except OSError as exc:
         raise ResultsFileError("unreadable", f"cannot read file: {exc.strerror}") from None
     if len(data) > limit:
         raise ResultsFileError(
@@ -252,6 +367,39 @@ def read_results_file(path: Path, limit: int) -> bytes:
             expected=f"<= {limit} bytes",
         )
     return data
+
+
+async def in_daemon_thread(work: Callable[[], T], seconds: float) -> T:
+    """``work()`` in a thread of its own, given ``seconds`` to finish (then :class:`TimeoutError`).
+
+    Not ``asyncio.to_thread``: a read blocked in the kernel cannot be interrupted, and in the shared executor
+    it would hold a worker for good (a few of them starve every other file) and keep ``asyncio.run`` from
+    returning at exit. A daemon thread that never comes back is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # timed out or cancelled already
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]  # None only with an error
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, result, error)
+
+    threading.Thread(target=run, name="ingest-read", daemon=True).start()
+    async with asyncio.timeout(seconds):
+        return await future
 
 
 class IngestService:
@@ -273,51 +421,60 @@ class IngestService:
         self._tasks: dict[Path, asyncio.Task[None]] = {}
         self._wake: dict[Path, asyncio.Event] = {}
         self._stop = asyncio.Event()
+        self._read_slots = asyncio.Semaphore(settings.read_concurrency)
 
     # -- file checks -----------------------------------------------------------------------------------------
 
-    def _check_and_read(self, path: Path) -> bytes:
-        """Everything that can be said about a file before parsing it. Runs in a thread."""
-        root = self.root.resolve()
-        if path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(root):
+    def _load(self, path: Path) -> ParsedRun:
+        """Everything that can be said about a file before publishing it. Blocking: runs in a thread."""
+        data = read_results_file(path, self.settings.max_file_bytes, root=self.root.resolve())
+        run = decode_results(data, path.name)
+        self.publisher.encode_scenarios(run)  # refuse oversize scenarios before claiming anything
+        return run
+
+    async def _off_loop(self, work: Callable[[], T], what: str) -> T:
+        """``work`` in its own thread; past ``read_timeout`` the thread is abandoned and its slot freed."""
+        timeout = self.settings.read_timeout
+        async with self._read_slots:
+            try:
+                return await in_daemon_thread(work, timeout)
+            except TimeoutError:
                 raise ResultsFileError(
-                    "outside_directory",
-                    "symbolic link points outside the results directory; it is not read",
-                    expected=f"a file inside {root}",
-                )
-        return read_results_file(path, self.settings.max_file_bytes)
+                    "read_timeout",
+                    f"{what} did not finish within {timeout:g}s (a hung file system?); it was abandoned",
+                    expected=f"done within {timeout:g}s",
+                ) from None
 
     # -- rejection ---------------------------------------------------------------------------------------------
 
     def _move_aside(self, path: Path, event: ErrorEvent) -> Path:
+        """Rename (never open) ``path`` into rejected/ and write its sidecar. Works for FIFOs and links too."""
         target_dir = self.root / REJECTED_DIR
         target_dir.mkdir(exist_ok=True)
         target = target_dir / path.name
-        if target.exists() or target.is_symlink():
+        if os.path.lexists(target):
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             target = target_dir / f"{path.stem}.{stamp}.{time.time_ns() % 1_000_000}{path.suffix}"
         path.replace(target)
         sidecar = target.with_name(target.name + ".error.json")
-        sidecar.write_bytes(
-            msgspec.json.format(msgspec.json.encode(msgspec.structs.replace(event, moved_to=str(target))))
-        )
+        record = msgspec.structs.replace(event, moved_to=printable(str(target)))
+        sidecar.write_bytes(msgspec.json.format(msgspec.json.encode(record)))
         return target
 
     async def _reject(self, path: Path, error: ResultsFileError) -> None:
         event = error.to_event(SERVICE, path.name)
         moved: Path | None = None
         try:
-            moved = await asyncio.to_thread(self._move_aside, path, event)
+            moved = await self._off_loop(lambda: self._move_aside(path, event), "moving the file aside")
         except FileNotFoundError:
             pass  # gone already: nothing to move
-        except OSError as exc:
-            log.error("could not move %s aside: %s", path.name, exc)
-        log.error("rejected %s: %s -> %s", path.name, error.describe(), moved if moved else "left in place")
+        except (OSError, ResultsFileError) as exc:
+            log.error("could not move %s aside: %s", printable(path.name), printable(str(exc)))
+        shown = printable(str(moved)) if moved else "left in place"
+        log.error("rejected %s: %s -> %s", printable(path.name), error.describe(), shown)
         self.metrics.files.labels("rejected").inc()
         self.metrics.rejected.labels(error.reason).inc()
-        event = msgspec.structs.replace(event, moved_to=str(moved) if moved else None)
+        event = msgspec.structs.replace(event, moved_to=printable(str(moved)) if moved else None)
         await self._publish_event(event)
 
     async def _publish_event(self, event: ErrorEvent) -> None:
@@ -355,7 +512,10 @@ class IngestService:
                     raise
                 self.metrics.publish_retries.inc()
                 log.warning(
-                    "publishing %s failed (%s); retrying in %.1fs", run.file_name, type(exc).__name__, delay
+                    "publishing %s failed (%s); retrying in %.1fs",
+                    printable(run.file_name),
+                    type(exc).__name__,
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.publish_retry_max)
@@ -365,7 +525,7 @@ class IngestService:
             self.metrics.files.labels("duplicate").inc()
             log.info(
                 "%s: content already published (generation %d); nothing new",
-                run.file_name,
+                printable(run.file_name),
                 outcome.generation,
             )
         else:
@@ -373,7 +533,7 @@ class IngestService:
             self.metrics.scenarios.inc(len(run.results.scenarios))
             log.info(
                 "published %s: %d scenarios, digest %s, generation %d",
-                run.run_id,
+                printable(run.run_id),
                 len(run.results.scenarios),
                 run.digest,
                 outcome.generation,
@@ -387,9 +547,7 @@ class IngestService:
         while True:
             wake.clear()
             try:
-                data = await asyncio.to_thread(self._check_and_read, path)
-                run = decode_results(data, path.name)
-                self.publisher.encode_scenarios(run)  # refuse oversize scenarios before claiming anything
+                run = await self._off_loop(lambda: self._load(path), "reading and decoding the file")
             except FileNotFoundError:
                 return
             except TruncatedFileError as exc:
@@ -430,25 +588,41 @@ class IngestService:
             await self.process(path)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A bug must not take the watcher down with it; the file stays where it is for the next scan.
-            log.exception("unexpected error while ingesting %s", path.name)
+        except Exception as exc:
+            if self._stop.is_set() and isinstance(exc, _RETRY_PUBLISH):
+                # Shutting down during an outage: not the file's fault; the next start publishes it.
+                log.warning(
+                    "stopping before %s could be published; it stays for the next start", printable(path.name)
+                )
+                return
+            # A bug must not take the watcher down with it, nor be met again on every restart: the file is
+            # moved aside with the exception, like any other file ingest cannot handle.
+            log.exception("unexpected error while ingesting %s", printable(path.name))
+            error = ResultsFileError(
+                "internal_error",
+                f"{type(exc).__name__}: {exc}"[:_MAX_INTERNAL_MESSAGE],
+                expected="no internal error (please report it with this file)",
+            )
+            try:
+                await self._reject(path, error)
+            except Exception:
+                log.exception("could not reject %s either; it stays in place", printable(path.name))
         finally:
             self._tasks.pop(path, None)
             self._wake.pop(path, None)
 
     async def scan(self) -> None:
-        for path in sorted(self.root.glob("test_results_*.json")):
-            self.schedule(path)
+        # Not glob(): the same name test as the watcher, so both see exactly the same candidates.
+        names = await asyncio.to_thread(os.listdir, self.root)
+        for name in sorted(n for n in names if is_results_file_name(n)):
+            self.schedule(self.root / name)
         pending = [t for t in self._tasks.values() if not t.done()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        from watchfiles import Change, awatch
+    def _watcher(self, stop: asyncio.Event) -> types.AsyncGeneratorType[set[FileChange], None]:
+        from watchfiles import awatch
 
-        self._stop = stop
-        self.root.mkdir(parents=True, exist_ok=True)
         watcher = awatch(
             self.root,
             stop_event=stop,
@@ -457,29 +631,106 @@ class IngestService:
             recursive=False,
             force_polling=self.settings.force_polling or None,
         )
-        # Start watching before scanning, so a file dropped during the scan is not missed.
-        iterator = watcher.__aiter__()
-        first = asyncio.ensure_future(iterator.__anext__())
-        await self.scan()
-        self.scan_done.set()
-        self.metrics.ready.set(1)
-        log.info("watching %s for test_results_*.json", self.root)
+        assert isinstance(watcher, types.AsyncGeneratorType)
+        return watcher
+
+    async def _start_watching(
+        self, stop: asyncio.Event
+    ) -> tuple[types.AsyncGeneratorType[set[FileChange], None], asyncio.Future[set[FileChange]]]:
+        """A watcher that is watching when this returns, and the pending first batch of its changes.
+
+        ``awatch`` does nothing until its first ``__anext__`` runs. That step creates the ``RustNotify``,
+        whose constructor registers the inotify watch (or takes the polling snapshot) before returning and
+        which keeps every event from then on until it is asked for them; only then does the generator reach
+        its first ``await``. So once the generator is suspended at an await (``ag_await`` set), the watch is
+        in place; before that, a file dropped is missed by the watcher, and by a scan that already ran.
+        """
+        watcher = self._watcher(stop)
+        first: asyncio.Future[set[FileChange]] = asyncio.ensure_future(watcher.__anext__())
+        deadline = time.monotonic() + 30
+        while watcher.ag_await is None:
+            if first.done():
+                first.result()  # raises why it could not start (the directory is gone, ...)
+                break
+            if time.monotonic() > deadline:
+                first.cancel()
+                raise RuntimeError(f"the watcher of {self.root} did not start")
+            await asyncio.sleep(0)
+        return watcher, first
+
+    async def _restart_watching(
+        self, stop: asyncio.Event
+    ) -> tuple[types.AsyncGeneratorType[set[FileChange], None], asyncio.Future[set[FileChange]]] | None:
+        """A new watcher after the last one failed, retried with backoff; None once ``stop`` is set."""
+        delay = 0.5
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                return await self._start_watching(stop)
+            except Exception as exc:
+                log.warning("cannot watch %s yet (%s)", self.root, _describe(exc))
+            delay = min(delay * 2, 10.0)
+
+    async def _follow(
+        self,
+        watcher: types.AsyncGeneratorType[set[FileChange], None],
+        pending: asyncio.Future[set[FileChange]],
+    ) -> None:
+        """Schedule every file the watcher reports, until ``stop`` ends it (or it fails: that raises)."""
+        from watchfiles import Change
+
         try:
             while True:
                 try:
-                    changes = await first
+                    changes = await pending
                 except StopAsyncIteration:
-                    break
+                    return
                 for change, raw in changes:
                     if change in (Change.added, Change.modified):
                         self.schedule(Path(raw))
-                first = asyncio.ensure_future(iterator.__anext__())
+                pending = asyncio.ensure_future(watcher.__anext__())
         finally:
-            first.cancel()
+            pending.cancel()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            # Watch first, then scan: a file dropped during the scan is seen by both, never by neither.
+            watcher, pending = await self._start_watching(stop)
+            await self.scan()
+            self.scan_done.set()
+            self.metrics.ready.set(1)
+            log.info("watching %s for test_results_*.json", self.root)
+            while True:
+                try:
+                    await self._follow(watcher, pending)
+                    return
+                except Exception as exc:
+                    # watchfiles ends on some events (a file name that is not UTF-8): events may have been
+                    # lost with it, so watch again and scan again.
+                    log.warning("file watcher failed (%s); watching again and rescanning", _describe(exc))
+                restarted = await self._restart_watching(stop)
+                if restarted is None:
+                    return
+                watcher, pending = restarted
+                await self.scan()
+        finally:
             tasks = list(self._tasks.values())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the innermost error (anyio wraps the watcher's in an ExceptionGroup)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return printable(f"{type(exc).__name__}: {exc}")
 
 
 async def report_enrichment_failures(
@@ -538,7 +789,13 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
     if enricher is None:
         print("--reenrich needs --prometheus-url (or PROMETHEUS_URL)", file=sys.stderr)
         return 2
-    nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
+    try:
+        nc, js, publisher = await open_publisher_within(
+            bus.nats_config_from_args(args), args.connect_timeout_total
+        )
+    except NatsUnavailableError:
+        enricher.close()
+        raise
     try:
         run = await load_published_run(js, publisher, run_id)
         if run is None:
@@ -553,6 +810,10 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
             f"{missing} still missing telemetry"
         )
         return 1 if missing else 0
+    except _TRANSIENT as exc:
+        raise NatsUnavailableError(
+            f"lost NATS at {bus.nats_config_from_args(args).display()} while re-enriching ({_describe(exc)})"
+        ) from None
     finally:
         enricher.close()
         await bus.drain(nc)
@@ -587,45 +848,109 @@ async def load_published_run(js: JetStreamContext, publisher: RunPublisher, run_
 async def open_publisher(cfg: bus.NatsConfig) -> tuple[NATS, JetStreamContext, RunPublisher]:
     """Connect, make sure streams and the ingest bucket exist, and return a ready publisher."""
     nc = await bus.connect(cfg, name=SERVICE)
-    js = nc.jetstream()
-    await bus.ensure_topology(js, replicas=cfg.replicas)
-    kv = await bus.ensure_kv(js, subjects.KV_INGESTED, history=5, replicas=cfg.replicas)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js, replicas=cfg.replicas)
+        kv = await bus.ensure_kv(js, subjects.KV_INGESTED, history=5, replicas=cfg.replicas)
+    except BaseException:  # timed out or cancelled half-way: do not leave a reconnecting client behind
+        await nc.close()
+        raise
     return nc, js, RunPublisher(js, kv, max_payload=nc.max_payload)
+
+
+class NatsUnavailableError(Exception):
+    """One-shot work could not reach NATS; the message names the server(s), credentials redacted."""
+
+
+async def open_publisher_within(
+    cfg: bus.NatsConfig, seconds: float
+) -> tuple[NATS, JetStreamContext, RunPublisher]:
+    """:func:`open_publisher`, giving up after ``seconds`` in all (the client itself retries forever)."""
+    log.info("connecting to NATS at %s (giving up after %gs)", cfg.display(), seconds)
+    try:
+        async with asyncio.timeout(seconds):
+            return await open_publisher(cfg)
+    except _TRANSIENT as exc:  # TimeoutError among them
+        why = "no answer" if isinstance(exc, TimeoutError) else _describe(exc)
+        raise NatsUnavailableError(
+            f"cannot reach NATS at {cfg.display()} within {seconds:g}s ({why}); "
+            "check --nats-url and that the server is running (--connect-timeout-total sets the limit)"
+        ) from None
+
+
+def _read_and_decode(path: Path, limit: int) -> ParsedRun:
+    return decode_results(read_results_file(path, limit), path.name)
 
 
 async def one_shot(args: argparse.Namespace) -> int:
     """Publish the named files and exit; bad input is reported on stderr and in an error event."""
-    nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
+    cfg = bus.nats_config_from_args(args)
+    nc, js, publisher = await open_publisher_within(cfg, args.connect_timeout_total)
     failures = 0
     try:
         for path in args.files:
+            shown = printable(str(path))
             try:
-                run = decode_results(read_results_file(path, args.max_file_bytes), path.name)
+                try:
+                    run = await in_daemon_thread(
+                        functools.partial(_read_and_decode, path, args.max_file_bytes), DEFAULT_READ_TIMEOUT
+                    )
+                except TimeoutError:
+                    raise ResultsFileError(
+                        "read_timeout",
+                        f"reading the file did not finish within {DEFAULT_READ_TIMEOUT:g}s",
+                    ) from None
                 outcome = await publisher.publish(run)
             except FileNotFoundError:
                 failures += 1
-                print(f"{path}: no such file", file=sys.stderr)
+                print(f"{shown}: no such file", file=sys.stderr)
                 continue
             except ResultsFileError as error:
                 failures += 1
-                print(f"{path}: {error.describe()}", file=sys.stderr)
+                print(f"{shown}: {error.describe()}", file=sys.stderr)
                 await publish_error(js, error.to_event(SERVICE, path.name))
                 continue
             state = "already published" if outcome.duplicate else "published"
             print(
-                f"{path}: {state} as run {outcome.run_id} (digest {outcome.digest}, "
+                f"{shown}: {state} as run {printable(outcome.run_id)} (digest {outcome.digest}, "
                 f"generation {outcome.generation}, {len(run.results.scenarios)} scenarios)"
             )
+    except _TRANSIENT as exc:
+        raise NatsUnavailableError(
+            f"lost NATS at {cfg.display()} while publishing ({_describe(exc)})"
+        ) from None
     finally:
         await bus.drain(nc)
     return 1 if failures else 0
 
 
+async def until_stopped(work: Coroutine[Any, Any, int], stop: asyncio.Event) -> int:
+    """Run one-shot ``work`` to its exit code, unless ``stop`` (SIGINT/SIGTERM) comes first: then cancel it
+    and return :data:`EXIT_INTERRUPTED`. A NATS that cannot be reached is :data:`EXIT_NATS_UNAVAILABLE`."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        # Its clean-up (closing the NATS client) gets a moment, not a say in when we exit.
+        await asyncio.wait({task}, timeout=5)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        return task.result()
+    except NatsUnavailableError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_NATS_UNAVAILABLE
+
+
 async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
     if args.reenrich:
-        return await reenrich(args, args.reenrich)
+        return await until_stopped(reenrich(args, args.reenrich), stop)
     if args.files:
-        return await one_shot(args)
+        return await until_stopped(one_shot(args), stop)
     settings = IngestSettings(
         results_dir=Path(args.results_dir),
         max_file_bytes=args.max_file_bytes,
