@@ -78,6 +78,78 @@ async def load_scenarios(js: JetStreamContext, manifest: RunManifest) -> list[Sc
     return scenarios
 
 
+#: Header of a result message whose payload travels in parts (see shared/subjects.py ``PARTS``).
+PARTS_HEADER = "TE-Parts"
+#: Room left in a message for headers and protocol overhead, bytes.
+_HEADROOM = 4096
+
+
+class PartsMissingError(Exception):
+    """A part of a result is gone (replaced by a newer computation); the newer pointer follows."""
+
+
+async def publish_result(
+    js: JetStreamContext, kind: str, result: ResultEnvelope, msg_id: str, max_payload: int
+) -> int:
+    """Publish a result on ``te.results.<kind>.<digest>``, whatever its size; returns the parts used (0: one
+    message). A payload over the server's limit goes as consecutive byte slices on ``te.parts.*``, then a
+    pointer message carrying only the envelope (so index readers need not fetch the parts)."""
+    payload = msgspec.json.encode(result)
+    subject = subjects.result_subject(kind, result.digest)
+    room = max_payload - _HEADROOM
+    if len(payload) <= room:
+        await js.publish(subject, payload, stream=subjects.RESULTS_STREAM, headers={"Nats-Msg-Id": msg_id})
+        return 0
+    parts = [payload[i : i + room] for i in range(0, len(payload), room)]
+    for index, part in enumerate(parts):
+        await js.publish(
+            subjects.result_part_subject(kind, result.digest, index),
+            part,
+            stream=subjects.RESULTS_STREAM,
+            headers={"Nats-Msg-Id": f"{msg_id}:part{index}"},
+        )
+    envelope = ResultEnvelope(
+        run_id=result.run_id,
+        digest=result.digest,
+        generation=result.generation,
+        computed_at=result.computed_at,
+        compute_seconds=result.compute_seconds,
+    )
+    await js.publish(
+        subject,
+        msgspec.json.encode(envelope),
+        stream=subjects.RESULTS_STREAM,
+        headers={"Nats-Msg-Id": msg_id, PARTS_HEADER: str(len(parts)), "TE-Bytes": str(len(payload))},
+    )
+    return len(parts)
+
+
+async def result_payload(
+    js: JetStreamContext, kind: str, digest: str, data: bytes, headers: dict[str, str] | None
+) -> bytes:
+    """The whole result payload of a message on ``te.results.<kind>.<digest>`` (reassembled from its parts
+    when it has the ``TE-Parts`` header)."""
+    from nats.js.errors import NotFoundError
+
+    count = int((headers or {}).get(PARTS_HEADER, "0") or 0)
+    if not count:
+        return data
+    chunks = []
+    for index in range(count):
+        try:
+            raw = await js.get_last_msg(
+                subjects.RESULTS_STREAM, subjects.result_part_subject(kind, digest, index), direct=True
+            )
+        except NotFoundError:
+            raise PartsMissingError(f"{kind} result of {digest}: part {index} of {count} is gone") from None
+        chunks.append(raw.data or b"")
+    expected = int((headers or {}).get("TE-Bytes", "0") or 0)
+    payload = b"".join(chunks)
+    if expected and len(payload) != expected:
+        raise PartsMissingError(f"{kind} result of {digest}: {len(payload)} of {expected} bytes")
+    return payload
+
+
 async def load_result(
     js: JetStreamContext, kind: str, digest: str, decoder: msgspec.json.Decoder[R]
 ) -> R | None:
@@ -90,4 +162,4 @@ async def load_result(
         )
     except NotFoundError:
         return None
-    return decoder.decode(raw.data or b"")
+    return decoder.decode(await result_payload(js, kind, digest, raw.data or b"", raw.headers))

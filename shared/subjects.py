@@ -25,8 +25,12 @@ INGEST_STREAM_SUBJECTS = [f"{PREFIX}.ingest.>"]
 #: ``te.results.<kind>.<digest>``: one message per run and result kind (the kinds are listed once, in
 #: services/kinds.py; each kind's durable consumer on the ingest stream carries the kind's name).
 RESULTS = f"{PREFIX}.results"
+#: ``te.parts.<kind>.<digest>.<i>``: consecutive byte slices of a result too large for one message; the
+#: message on ``te.results.<kind>.<digest>`` then holds only the result's envelope and the header
+#: ``TE-Parts: <n>`` (shared/runs.py reassembles it).
+PARTS = f"{PREFIX}.parts"
 RESULTS_STREAM = "TE_RESULTS"
-RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>"]
+RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>", f"{PREFIX}.parts.>"]
 
 # --- error and pipeline events -------------------------------------------------------------------------------
 #: ``te.events.error.<service>``: payload ``ErrorEvent`` (a rejected file, a failed enrichment, ...).
@@ -93,6 +97,12 @@ def result_subject(kind: str, digest: str) -> str:
     if not _NAME_RE.fullmatch(kind):
         raise ValueError(f"bad result kind name for a subject: {kind!r}")
     return f"{RESULTS}.{kind}.{_token(digest)}"
+
+
+def result_part_subject(kind: str, digest: str, index: int) -> str:
+    if not _NAME_RE.fullmatch(kind) or index < 0:
+        raise ValueError(f"bad result part: kind {kind!r}, index {index}")
+    return f"{PARTS}.{kind}.{_token(digest)}.{index}"
 
 
 def result_kind(subject: str) -> str | None:

@@ -34,7 +34,7 @@ from shared import bus, subjects
 from shared.config import flag, port
 from shared.httpserver import StatusServer
 from shared.kinds import Computer, Kind, open_computer
-from shared.runs import RunInput, latest_manifest, load_result, load_scenarios
+from shared.runs import RunInput, latest_manifest, load_result, load_scenarios, publish_result
 from shared.schemas import SCHEMA_VERSION, ErrorEvent, ResultEnvelope, RunManifest
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class RunWorker:
                 subjects.error_subject(self.kind), msgspec.json.encode(event), stream=subjects.EVENTS_STREAM
             )
 
-    async def _compute_with_progress(self, msg: Msg, run: RunInput) -> msgspec.Struct:
+    async def _compute_with_progress(self, msg: Msg, run: RunInput) -> ResultEnvelope:
         task = asyncio.ensure_future(self.computer.compute(run))
         while True:
             done, _ = await asyncio.wait({task}, timeout=PROGRESS_EVERY_S)
@@ -201,13 +201,11 @@ class RunWorker:
     async def _compute_and_publish(self, msg: Msg, manifest: RunManifest, run: RunInput) -> None:
         try:
             result = await self._compute_with_progress(msg, run)
-            payload = msgspec.json.encode(result)
-            await self.js.publish(
-                subjects.result_subject(self.kind, manifest.digest),
-                payload,
-                stream=subjects.RESULTS_STREAM,
-                headers={"Nats-Msg-Id": self._message_id(manifest, run)},
+            parts = await publish_result(
+                self.js, self.kind, result, self._message_id(manifest, run), self.nc.max_payload
             )
+            if parts:
+                log.info("%s: result of %s travels in %d parts", self.kind, manifest.run_id, parts)
             await msg.ack()
             self.processed += 1
             log.info(

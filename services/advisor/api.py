@@ -369,6 +369,7 @@ class Advisor:
                 (subjects.INGEST_STREAM, subjects.scenario_wildcard(digest)),
                 (subjects.INGEST_STREAM, subjects.run_subject(digest)),
                 (subjects.RESULTS_STREAM, f"{subjects.RESULTS}.*.{digest}"),
+                (subjects.RESULTS_STREAM, f"{subjects.PARTS}.*.{digest}.*"),
             ):
                 removed += await self._purge(stream, subject)
         event = RunDeleted(run_id=manifest.run_id, digests=sorted(digests), at=time.time())

@@ -48,7 +48,7 @@ from shared.config import flag, port
 from shared.families import Family
 from shared.httpserver import StatusServer
 from shared.kinds import Kind
-from shared.runs import load_scenarios
+from shared.runs import PartsMissingError, load_scenarios, result_payload
 from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest
 
 log = logging.getLogger("exporter")
@@ -232,10 +232,12 @@ class Gateway:
         decoder = self._decoders.get(kind or "")
         if kind is not None and decoder is not None:
             try:
-                result: ResultEnvelope = decoder.decode(msg.data)
+                digest = msg.subject.rsplit(".", 1)[1]
+                payload = await result_payload(self.js, kind, digest, msg.data, msg.headers)
+                result: ResultEnvelope = decoder.decode(payload)
                 self.state.add_result(kind, result)
-            except msgspec.DecodeError as exc:
-                log.warning("ignoring undecodable %s result on %s: %s", kind, msg.subject, exc)
+            except (msgspec.DecodeError, PartsMissingError) as exc:
+                log.warning("ignoring %s result on %s: %s", kind, msg.subject, exc)
         self._mark("results", msg)
 
     async def _on_event(self, msg: Msg) -> None:
