@@ -26,10 +26,10 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from shared.config import flag, positive_float, redact_url
+from shared.discovery import find_nats_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 #: Errors that mean "NATS is unavailable right now": retry later, never treat the input as bad.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
 #: JetStream's publish-dedupe window (Nats-Msg-Id); the ingest KV record covers restarts beyond it.
@@ -60,8 +60,9 @@ def add_nats_flags(parser: argparse.ArgumentParser) -> None:
         group,
         "--nats-url",
         env="NATS_URL",
-        default=DEFAULT_NATS_URL,
-        help="NATS server URL(s), comma-separated",
+        default=None,
+        help="NATS server URL(s), comma-separated (default: the running 'transcode-energy up', else "
+        "nats://127.0.0.1:4222)",
     )
     flag(group, "--nats-user", env="NATS_USER", default=None, help="NATS user name")
     flag(group, "--nats-password", env="NATS_PASSWORD", default=None, help="NATS password", secret=True)
@@ -91,8 +92,9 @@ def add_nats_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def nats_config_from_args(args: argparse.Namespace) -> NatsConfig:
+    url, _ = find_nats_url(args.nats_url)
     return NatsConfig(
-        servers=[s.strip() for s in str(args.nats_url).split(",") if s.strip()],
+        servers=[s.strip() for s in url.split(",") if s.strip()],
         user=args.nats_user,
         password=args.nats_password,
         token=args.nats_token,
@@ -120,7 +122,12 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
     async def on_error(exc: Exception) -> None:
         log.warning("NATS error: %s", type(exc).__name__ if cfg.password or cfg.token else exc)
 
+    client: list[NATS] = []
+
     async def on_disconnected() -> None:
+        # A clean stop (drain, close) disconnects too: that is no warning.
+        if client and (client[0].is_closed or client[0].is_draining):
+            return
         log.warning("disconnected from NATS")
 
     async def on_reconnected() -> None:
@@ -149,6 +156,7 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
     if tls is not None:
         options["tls"] = tls
     nc = await nats.connect(**options)
+    client.append(nc)
     log.info("connected to NATS at %s", cfg.display())
     return nc
 
@@ -273,9 +281,26 @@ async def ensure_pull_consumer(
     await js.add_consumer(stream, config)
 
 
+#: How long start-up waits for JetStream to accept the topology (a cluster may still be electing leaders).
+TOPOLOGY_RETRY_SECONDS = 60.0
+
+
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
-    for config in stream_configs(replicas):
-        await ensure_stream(js, config)
+    """Every stream, created or brought to this configuration. Retried with backoff while JetStream is not
+    ready (a cluster electing its meta leader answers with timeouts or 'unavailable')."""
+    deadline = asyncio.get_running_loop().time() + TOPOLOGY_RETRY_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            for config in stream_configs(replicas):
+                await ensure_stream(js, config)
+            return
+        except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.warning("JetStream not ready (%s); retrying the topology in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

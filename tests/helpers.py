@@ -17,21 +17,41 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
+from services.ingest.service import (
+    IngestMetrics,
+    IngestService,
+    IngestSettings,
+    add_arguments,
+    open_publisher,
+    settings_from_args,
+)
 from shared import subjects
 from shared.bus import NatsConfig
+from shared.config import parse_flags
 from shared.runs import RunInput
 from shared.schemas import ErrorEvent, RunManifest, Scenario, ScenarioMessage
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+def ingest_settings(results_dir: Path, **overrides: object) -> IngestSettings:
+    """Ingest settings through the service's own flags (``settle_seconds=1`` is ``--settle-seconds 1``), with
+    the quick debounce and settle time tests want unless overridden."""
+    values: dict[str, object] = {"debounce_ms": 50, "settle_seconds": 5.0, **overrides}
+    argv = ["--results-dir", str(results_dir)]
+    for name, value in values.items():
+        option = "--poll" if name == "force_polling" else f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv.append(option if value else f"--no-{option[2:]}")
+        else:
+            argv += [option, str(value)]
+    return settings_from_args(parse_flags(add_arguments, argv))
+
+
 @contextlib.asynccontextmanager
 async def running_ingest(url: str, results_dir: Path, **overrides: Any) -> AsyncIterator[IngestService]:
     enricher = overrides.pop("enricher", None)
-    settings = IngestSettings(
-        results_dir=results_dir, **{"debounce_ms": 50, "settle_seconds": 5.0, **overrides}
-    )
+    settings = ingest_settings(results_dir, **overrides)
     nc, js, publisher = await open_publisher(NatsConfig(servers=[url]))
     service = IngestService(settings, publisher, js, IngestMetrics(), enricher)
     stop = asyncio.Event()

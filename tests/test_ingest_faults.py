@@ -25,7 +25,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.ingest.service import IngestMetrics, IngestService, IngestSettings, open_publisher
+from services.ingest.service import IngestMetrics, IngestService, open_publisher
 from services.up import free_port
 from shared import subjects
 from shared.bus import NatsConfig
@@ -36,6 +36,7 @@ from tests.helpers import (
     count_errors,
     count_manifests,
     errors,
+    ingest_settings,
     manifests,
     running_ingest,
     scenario_msgs,
@@ -334,9 +335,7 @@ async def test_files_dropped_the_moment_ingest_is_ready_are_all_published(
         directory.mkdir()
         prefix = f"a{attempt}"
         cn, js, publisher = await open_publisher(NatsConfig(servers=[nats_server.url]))
-        settings = IngestSettings(
-            results_dir=directory, debounce_ms=50, settle_seconds=5.0, force_polling=polling
-        )
+        settings = ingest_settings(directory, force_polling=polling)
         service = IngestService(settings, publisher, js, IngestMetrics())
         handler = _DropOnWatching(directory, prefix, n, document)
         dropper = threading.Thread(

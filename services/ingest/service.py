@@ -133,6 +133,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     flag(
         parser,
+        "--read-timeout",
+        env="INGEST_READ_TIMEOUT_SECONDS",
+        default=DEFAULT_READ_TIMEOUT,
+        type=positive_float,
+        help="longest one file's read and decode may take before the file is rejected (read_timeout)",
+    )
+    flag(
+        parser,
+        "--read-concurrency",
+        env="INGEST_READ_CONCURRENCY",
+        default=8,
+        type=int,
+        help="files read at once (a read past --read-timeout gives its slot back)",
+    )
+    flag(
+        parser,
         "--debounce-ms",
         env="INGEST_DEBOUNCE_MS",
         default=300,
@@ -221,16 +237,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class IngestSettings:
+    """Built from the flags only (:func:`settings_from_args`): each default is declared once, by its flag."""
+
     results_dir: Path
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    settle_seconds: float = 30.0
-    debounce_ms: int = 300
-    force_polling: bool = False
-    publish_retry_max: float = 10.0
+    max_file_bytes: int
+    settle_seconds: float
+    debounce_ms: int
+    force_polling: bool
+    publish_retry_max: float
     #: Seconds one file's read and decode may take before it is abandoned and the file rejected.
-    read_timeout: float = DEFAULT_READ_TIMEOUT
+    read_timeout: float
     #: Files read at once; a read past its timeout gives its slot back.
-    read_concurrency: int = 8
+    read_concurrency: int
+
+
+def settings_from_args(args: argparse.Namespace) -> IngestSettings:
+    return IngestSettings(
+        results_dir=Path(args.results_dir),
+        max_file_bytes=args.max_file_bytes,
+        settle_seconds=args.settle_seconds,
+        debounce_ms=args.debounce_ms,
+        force_polling=args.poll,
+        publish_retry_max=args.publish_retry_max_seconds,
+        read_timeout=args.read_timeout,
+        read_concurrency=args.read_concurrency,
+    )
 
 
 class IngestMetrics:
@@ -951,14 +982,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Eve
         return await until_stopped(reenrich(args, args.reenrich), stop)
     if args.files:
         return await until_stopped(one_shot(args), stop)
-    settings = IngestSettings(
-        results_dir=Path(args.results_dir),
-        max_file_bytes=args.max_file_bytes,
-        settle_seconds=args.settle_seconds,
-        debounce_ms=args.debounce_ms,
-        force_polling=args.poll,
-        publish_retry_max=args.publish_retry_max_seconds,
-    )
+    settings = settings_from_args(args)
     metrics = IngestMetrics()
     nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
     enricher = make_enricher(args)
