@@ -10,10 +10,25 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the table: the median of ``runs`` measurements and, when one is set, its target.
+
+    ``median`` and ``target`` are in ``unit``: ``"s"`` (seconds, shown as s/ms/µs/ns), ``"MiB"`` or ``"%"``
+    (percent of one core). A target is an upper bound: the verdict is ``ok`` when the median is at or under
+    it and ``OVER`` when above; rows without a target show ``-``.
+    """
+
     name: str
-    median_s: float
+    median: float
     runs: int
     note: str = ""
+    target: float | None = None
+    unit: str = "s"
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None or self.runs == 0:
+            return "-"
+        return "ok" if self.median <= self.target else "OVER"
 
 
 def measure(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.05) -> tuple[float, int]:
@@ -42,9 +57,32 @@ def human(seconds: float) -> str:
     return f"{seconds / 1e-9:8.1f} ns"
 
 
+def figure(value: float, unit: str) -> str:
+    """``value`` in ``unit``, right-aligned in 11 characters."""
+    if unit == "s":
+        return human(value)
+    if unit == "%":
+        return f"{value:8.3f} % "
+    return f"{value:8.1f} {unit}"
+
+
 def print_table(rows: list[Row]) -> None:
+    if not rows:
+        print("no benchmark rows")
+        return
     width = max(len(r.name) for r in rows)
-    print(f"{'benchmark':<{width}}  {'median':>11}  {'calls':>8}  note")
-    print("-" * (width + 40))
+    print(
+        f"{'benchmark':<{width}}  {'median':>12}  {'target':>14}  {'/target':>7}  {'verdict':<7}  "
+        f"{'runs':>8}  note"
+    )
+    print("-" * (width + 66))
     for r in rows:
-        print(f"{r.name:<{width}}  {human(r.median_s)}  {r.runs:>8}  {r.note}")
+        if r.target is None:
+            target, ratio = "-", "-"
+        else:
+            target = "<= " + figure(r.target, r.unit).strip()
+            ratio = f"{r.median / r.target:.2f}" if r.target else "-"
+        print(
+            f"{r.name:<{width}}  {figure(r.median, r.unit):>12}  {target:>14}  {ratio:>7}  {r.verdict:<7}  "
+            f"{r.runs:>8}  {r.note}"
+        )
