@@ -7,15 +7,19 @@ library), so a container health probe or a client command costs little memory an
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_HEALTH_URL = "http://127.0.0.1:8080/health"
+#: command -> (the flag naming its status port, that flag's environment variable, its default); a result
+#: kind's worker is (--status-port, STATUS_PORT, 0). tests/test_deployment.py checks these against the parser.
+_STATUS_PORTS: dict[str, tuple[str, str, int]] = {
+    "exporter": ("--metrics-port", "METRICS_PORT", 9520),
+    "up": ("--metrics-port", "METRICS_PORT", 9520),
+    "ingest": ("--status-port", "INGEST_STATUS_PORT", 0),
+}
+_WORKER_STATUS_PORT = ("--status-port", "STATUS_PORT", 0)
 
 #: Commands that are not services: name -> one-line help.
 TOOLS: dict[str, str] = {
@@ -26,23 +30,84 @@ TOOLS: dict[str, str] = {
 
 
 def version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("transcode-energy")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "unknown"
 
 
-def healthcheck(url: str, timeout: float) -> int:
-    """Probe a /health or /ready URL; for Docker HEALTHCHECK, where images have no curl."""
-    if not url.startswith(("http://", "https://")):
+def served_port(argv: Sequence[str], env: dict[str, str] | os._Environ[str]) -> int:
+    """The status port of the process started as ``argv`` in environment ``env`` (0: it serves none)."""
+    from services.kinds import kind_names
+
+    known = {**_STATUS_PORTS, **{name: _WORKER_STATUS_PORT for name in kind_names()}}
+    command = next((arg for arg in argv if arg in known), None)
+    if command is None:
+        return 0
+    option, variable, default = known[command]
+    args = list(argv)
+    for position, arg in enumerate(args):
+        if arg == option and position + 1 < len(args):
+            return int(args[position + 1])
+        if arg.startswith(option + "="):
+            return int(arg.split("=", 1)[1])
+    # An empty variable counts as unset, as in the services' own flag handling.
+    return int(env[variable]) if env.get(variable) else default
+
+
+def default_health_url(
+    env: dict[str, str] | os._Environ[str], cmdline: Path = Path("/proc/1/cmdline")
+) -> str | None:
+    """What a container's HEALTHCHECK probes without a URL: ``HEALTHCHECK_URL``, else ``/ready`` on the port the
+    container's main process (pid 1) serves, from its command line and the variables the services read."""
+    if env.get("HEALTHCHECK_URL"):
+        return env["HEALTHCHECK_URL"]
+    try:
+        argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    port = served_port(argv, env)
+    return f"http://127.0.0.1:{port}/ready" if port else None
+
+
+def healthcheck(url: str | None, timeout: float) -> int:
+    """Probe a /health or /ready URL; for Docker HEALTHCHECK, where images have no curl.
+
+    Runs every few seconds in every container, so plain http is spoken over a socket (no urllib, no ssl
+    module: a probe costs about as much as the interpreter itself); https goes through urllib."""
+    if url is None:
+        print(
+            "healthcheck: this process serves no status port (set one, or HEALTHCHECK_URL)", file=sys.stderr
+        )
+        return 1
+    if url.startswith("https://"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - https only
+                return 0 if response.status == 200 else 1
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"healthcheck: {url}: {exc}", file=sys.stderr)
+            return 1
+    if not url.startswith("http://"):
         print(f"healthcheck: not an http(s) URL: {url}", file=sys.stderr)
         return 2
+    import socket
+
+    rest = url[len("http://") :]
+    hostport, _, path = rest.partition("/")
+    host, _, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "80")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked above
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as exc:
+        with socket.create_connection((host.strip("[]"), int(port_text)), timeout=timeout) as sock:
+            sock.sendall(f"GET /{path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n".encode())
+            status = sock.recv(64).split(b" ", 2)
+    except (OSError, ValueError) as exc:
         print(f"healthcheck: {url}: {exc}", file=sys.stderr)
         return 1
+    return 0 if len(status) > 1 and status[1] == b"200" else 1
 
 
 def write_schemas(out: Path) -> list[Path]:
@@ -95,8 +160,9 @@ def _populate(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "url",
             nargs="?",
-            default=os.environ.get("HEALTHCHECK_URL", DEFAULT_HEALTH_URL),
-            help=f"URL to probe [env HEALTHCHECK_URL; default {DEFAULT_HEALTH_URL}]",
+            default=None,
+            help="URL to probe [env HEALTHCHECK_URL; default: /ready on the port the container's main "
+            "process serves, from its command line and STATUS_PORT/INGEST_STATUS_PORT/METRICS_PORT]",
         )
         parser.add_argument("--timeout", type=float, default=3.0)
         return
@@ -132,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe = argparse.ArgumentParser(prog="transcode-energy healthcheck")
         _populate("healthcheck", probe)
         args = probe.parse_args(argv[argv.index("healthcheck") + 1 :])
-        return healthcheck(args.url, args.timeout)
+        return healthcheck(args.url or default_health_url(os.environ), args.timeout)
     args = build_parser(only=chosen or "").parse_args(argv)
     if args.command == "schema":
         for path in write_schemas(args.out):

@@ -48,6 +48,8 @@ ACK_WAIT_S = 20.0
 #: How often a busy worker says it is still working on a run (well inside ACK_WAIT_S).
 PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
+#: Longest one pull request waits for a run while the worker is idle.
+FETCH_WAIT_S = 10.0
 
 
 class Superseded(Exception):
@@ -336,9 +338,19 @@ class RunWorker:
         sub = await self.js.pull_subscribe_bind(self.kind, stream=stream)
         self.ready.set()
         log.info("%s worker consuming %s as durable %r", self.kind, source, self.kind)
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
+            # A long poll (one pull request every FETCH_WAIT_S while idle) keeps an idle worker idle; a stop
+            # does not wait for it.
+            fetching = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
+            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetching.done():
+                fetching.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetching
+                break
             try:
-                messages = await sub.fetch(1, timeout=1)
+                messages = fetching.result()
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except _TRANSIENT as exc:
@@ -348,6 +360,7 @@ class RunWorker:
                 continue
             for msg in messages:
                 await self.handle(msg)
+        stopping.cancel()
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 

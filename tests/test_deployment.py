@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services import cli
 from services.cli import build_parser
 from services.up import free_port
 from tests.conftest import REPO, require_binary, start_prometheus, up_argv
@@ -58,8 +59,6 @@ def merged_environment(name: str, files: tuple[Path, ...]) -> dict[str, str]:
 
 #: Every variable a port flag reads: cleared first so the developer's own environment cannot leak in.
 PORT_VARIABLES = ("STATUS_PORT", "INGEST_STATUS_PORT", "METRICS_PORT", "HEALTHCHECK_URL")
-
-healthcheck_script: dict[str, Any] = runpy.run_path(str(REPO / "deploy/docker/healthcheck.py"))
 
 
 def served_port(args: dict[str, Any]) -> int:
@@ -122,12 +121,12 @@ class TestCompose:
             port = served_port(args)
             assert port != 0, f"{name} serves no status port in compose"
             test = services[name]["healthcheck"]["test"]
-            assert test[:2] == ["CMD", "te-healthcheck"], (name, test)
-            url = urllib.parse.urlsplit(test[2])
+            assert test[:3] == ["CMD", "transcode-energy", "healthcheck"], (name, test)
+            url = urllib.parse.urlsplit(test[3])
             assert (url.hostname, url.port, url.path) == ("127.0.0.1", port, "/ready"), (name, test)
             # The image's own HEALTHCHECK (no URL) reads the main process's argv and the same variables.
             argv = ["/usr/local/bin/python", "/usr/local/bin/transcode-energy", *services[name]["command"]]
-            assert healthcheck_script["served_port"](argv, {**IMAGE_ENV, **env}) == port, name
+            assert cli.served_port(argv, {**IMAGE_ENV, **env}) == port, name
 
     def test_the_image_default_probe_never_picks_a_port_nothing_serves(self) -> None:
         """With the image's environment and no flags, every service listens somewhere, and the default probe
@@ -139,7 +138,7 @@ class TestCompose:
             for name in sorted(OUR_SERVICES):
                 port = served_port(vars(parser.parse_args([name])))
                 argv = ["python", "transcode-energy", name]
-                assert port != 0 and healthcheck_script["served_port"](argv, IMAGE_ENV) == port, name
+                assert port != 0 and cli.served_port(argv, IMAGE_ENV) == port, name
         finally:
             for key in IMAGE_ENV:
                 os.environ.pop(key, None)
@@ -267,15 +266,10 @@ class TestImage:
             assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", text), name
 
     def test_healthcheck_is_the_cheap_probe(self) -> None:
-        assert re.search(r'^HEALTHCHECK .* CMD \["te-healthcheck"\]$', stage("runtime"), re.MULTILINE)
-        copy = re.search(r"^COPY \S* ?(\S+) /usr/local/bin/te-healthcheck$", stage("runtime"), re.MULTILINE)
-        assert copy is not None and (REPO / copy.group(1)).is_file()
-        ignored = (REPO / ".dockerignore").read_text().splitlines()
-        assert not any(copy.group(1).startswith(p.rstrip("/")) for p in ignored)
-        # Stdlib only: nothing the image would have to install for the probe, and nothing slow to import.
-        source = (REPO / copy.group(1)).read_text()
-        imported = set(re.findall(r"^(?:from|import) (\w+)", source, re.MULTILINE))
-        assert imported <= {"__future__", "argparse", "os", "sys", "urllib", "collections", "pathlib"}
+        # The CLI's probe imports the standard library only (tests/test_imports.py checks that).
+        assert re.search(
+            r'^HEALTHCHECK .* CMD \["transcode-energy", "healthcheck"\]$', stage("runtime"), re.MULTILINE
+        )
 
     def test_the_qoe_image_has_ffmpeg_with_libvmaf(self) -> None:
         """The qoe target installs imageio-ffmpeg's ffmpeg and checks for libvmaf at build time; the same
@@ -294,7 +288,7 @@ class TestImage:
 
 
 class TestProbe:
-    """deploy/docker/healthcheck.py against a real HTTP listener."""
+    """``transcode-energy healthcheck`` against a real HTTP listener."""
 
     @pytest.fixture
     def listener(self) -> Iterator[int]:
@@ -319,7 +313,9 @@ class TestProbe:
             server.server_close()
 
     def test_answers_by_status(self, listener: int) -> None:
-        main = healthcheck_script["main"]
+        def main(argv: list[str]) -> int:
+            return cli.main(["healthcheck", *argv])
+
         assert main([f"http://127.0.0.1:{listener}/ready"]) == 0
         assert main([f"http://127.0.0.1:{listener}/health"]) == 1  # 503
         assert main([f"http://127.0.0.1:{free_port()}/ready", "--timeout", "1"]) == 1
@@ -330,7 +326,7 @@ class TestProbe:
         cmdline.write_bytes(
             b"\0".join([b"python", b"transcode-energy", b"cost", b"--status-port", b"%d" % listener])
         )
-        default_url = healthcheck_script["default_url"]
+        default_url = cli.default_health_url
         assert default_url({}, cmdline) == f"http://127.0.0.1:{listener}/ready"
         cmdline.write_bytes(b"\0".join([b"python", b"transcode-energy", b"exporter"]))
         assert default_url({"METRICS_PORT": "9999"}, cmdline) == "http://127.0.0.1:9999/ready"

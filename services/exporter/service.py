@@ -290,7 +290,8 @@ class Gateway:
         next_lag = 0.0
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=0.5)
+                # Woken by any change; otherwise only when the consumer lag is due.
+                await asyncio.wait_for(self._dirty.wait(), timeout=max(0.05, next_lag - loop.time()))
             self._dirty.clear()
             try:
                 pending = self.state.needs_scenarios()

@@ -658,7 +658,9 @@ class IngestService:
             self.root,
             stop_event=stop,
             debounce=self.settings.debounce_ms,
-            step=50,
+            # How often the watcher thread wakes to look for changes: 5 times a second keeps an idle system
+            # idle and still publishes a dropped file well within half a second.
+            step=min(200, self.settings.debounce_ms),
             recursive=False,
             force_polling=self.settings.force_polling or None,
         )
