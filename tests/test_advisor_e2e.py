@@ -203,9 +203,24 @@ def exports_advice_of(system: System, run_id: str) -> bool:
     )
 
 
+#: Variables of the developer's shell that would change what this test expects (prices, NATS, enrichment).
+IGNORED_ENV = (
+    "CLIENT_TIMEOUT",
+    "REGION",
+    "ENERGY_COST_PER_KWH",
+    "CPU_COST_PER_HOUR",
+    "GPU_COST_PER_HOUR",
+    "CURRENCY",
+    "PRICING_CONFIG",
+    "ELECTRICITY_MAPS_TOKEN",
+    "PROMETHEUS_URL",
+    "ADVICE_MIN_VMAF",
+)
+
+
 def client_env(state: Path) -> dict[str, str]:
-    """The environment without NATS settings of the developer's shell, with discovery confined to ``state``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_") and k != "CLIENT_TIMEOUT"}
+    """The environment without settings of the developer's shell, with discovery confined to ``state``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_") and k not in IGNORED_ENV}
     env["XDG_STATE_HOME"] = str(state)
     return env
 
