@@ -42,8 +42,14 @@ def underscored(expr: str, spaces: int = 8) -> str:
     return expr
 
 
-# (title, panel type, unit, [(expr, legend)], width)
-Panel = tuple[str, str, str, list[tuple[str, str]], int]
+# (title, panel type, unit, [(expr, legend)], width[, table columns]). A ``table`` panel runs its queries
+# instantly, merges them into one row per series (by labels) and shows the columns of its last element:
+# (field, header, unit) for each column kept, in order, with ``Value #<refId>`` naming query <refId>'s value.
+Column = tuple[str, str, str]
+Panel = (
+    tuple[str, str, str, list[tuple[str, str]], int]
+    | tuple[str, str, str, list[tuple[str, str]], int, list[Column]]
+)
 
 DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
     "cost-co2": (
@@ -258,6 +264,98 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             ),
         ],
     ),
+    "recommendations": (
+        "transcode-energy: recommendations",
+        [
+            (
+                # The advice kind ranks within each output ladder under the run's primary algorithm.
+                "Best configuration per output ladder",
+                "table",
+                "none",
+                [
+                    (f"results_scenario_ladder_rank{{{RUN}}} == 1", "ladder rank"),
+                    (
+                        f"results_scenario_throughput_mbps_per_watt{{{RUN}}}"
+                        f" and on(scenario) (results_scenario_ladder_rank{{{RUN}}} == 1)",
+                        "Mbps/W",
+                    ),
+                    (
+                        f"results_scenario_pixels_per_joule{{{RUN}}}"
+                        f" and on(scenario) (results_scenario_ladder_rank{{{RUN}}} == 1)",
+                        "pixels/J",
+                    ),
+                    (
+                        f"results_scenario_cost_per_stream_hour{{{RUN}}}"
+                        f" and on(scenario) (results_scenario_ladder_rank{{{RUN}}} == 1)",
+                        "cost/stream-h",
+                    ),
+                ],
+                24,
+                [
+                    ("output_ladder", "output ladder", "none"),
+                    ("scenario", "best scenario", "none"),
+                    ("Value #B", "throughput per watt", "suffix: Mbps/W"),
+                    ("Value #C", "pixels per joule", "suffix: pixels/J"),
+                    ("Value #D", "cost per stream-hour", "currencyUSD"),
+                ],
+            ),
+            (
+                "Ranked by throughput per watt (bitrate x streams / W), best first",
+                "bargauge",
+                "suffix: Mbps/W",
+                [(f"sort_desc(results_scenario_throughput_mbps_per_watt{{{RUN}}})", "{{scenario}}")],
+                12,
+            ),
+            (
+                "Ranked by pixels per joule, best first",
+                "bargauge",
+                "suffix: pixels/J",
+                [(f"sort_desc(results_scenario_pixels_per_joule{{{RUN}}})", "{{scenario}}")],
+                12,
+            ),
+            (
+                # One row per scenario: the two axes of the advice's Pareto front, side by side.
+                "Quality vs cost (Pareto front = 1)",
+                "table",
+                "none",
+                [
+                    (f"results_scenario_cost_per_stream_hour{{{RUN}}}", "cost/stream-h"),
+                    (f"results_scenario_pixels_per_joule{{{RUN}}}", "pixels/J"),
+                    (f"results_scenario_vmaf_score{{{RUN}}}", "VMAF"),
+                    (f"results_scenario_pareto{{{RUN}}}", "Pareto"),
+                ],
+                24,
+                [
+                    ("scenario", "scenario", "none"),
+                    ("output_ladder", "output ladder", "none"),
+                    ("Value #A", "cost per stream-hour", "currencyUSD"),
+                    ("Value #B", "pixels per joule", "suffix: pixels/J"),
+                    ("Value #C", "VMAF", "none"),
+                    ("Value #D", "on the Pareto front", "bool"),
+                ],
+            ),
+            (
+                "Recommendations (in order)",
+                "table",
+                "none",
+                # Filtered on $run through a results series of the run (the run_id filter the tests count).
+                [
+                    (
+                        "results_advice_recommendation_info"
+                        f" and on(run_id) results_scenario_recommended{{{RUN}}}",
+                        "position",
+                    )
+                ],
+                24,
+                [
+                    ("Value", "#", "none"),
+                    ("kind", "kind", "none"),
+                    ("scenario", "scenario", "none"),
+                    ("justification", "why", "none"),
+                ],
+            ),
+        ],
+    ),
     "pipeline-health": (
         "transcode-energy: pipeline health",
         [
@@ -314,21 +412,51 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
 }
 
 
-def panel(index: int, spec: Panel, x: int, y: int) -> dict[str, Any]:
-    title, kind, unit, targets, width = spec
+def table_fields(columns: list[Column]) -> dict[str, Any]:
+    """A table panel's transformations and columns: each query's frame cut to the listed fields (which drops
+    ``Time``, ``__name__`` and other labels), the frames merged into one row per label set, the columns in
+    order, sorted by the first; headers and units per column."""
+    keep = [name for name, _, _ in columns]
     return {
+        "transformations": [
+            {"id": "filterFieldsByName", "options": {"include": {"names": keep}}},
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"indexByName": {name: i for i, name in enumerate(keep)}}},
+            {"id": "sortBy", "options": {"sort": [{"field": keep[0]}]}},
+        ],
+        "overrides": [
+            {
+                "matcher": {"id": "byName", "options": name},
+                "properties": [{"id": "displayName", "value": header}, {"id": "unit", "value": unit}],
+            }
+            for name, header, unit in columns
+        ],
+    }
+
+
+def panel(index: int, spec: Panel, x: int, y: int) -> dict[str, Any]:
+    title, kind, unit, targets, width = spec[:5]
+    columns = spec[5] if len(spec) == 6 else []
+    table = table_fields(columns) if kind == "table" else {"transformations": [], "overrides": []}
+    instant = kind == "table" or any(expr.startswith(("sort(", "sort_desc(")) for expr, _ in targets)
+    out: dict[str, Any] = {
         "id": index + 1,
         "title": title,
         "type": kind,
         "datasource": DATASOURCE,
         "gridPos": {"h": 8, "w": width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": table["overrides"]},
         "options": {"legend": {"displayMode": "table", "placement": "right"}} if kind == "timeseries" else {},
         "targets": [
             {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            | ({"instant": True, "range": False} if instant else {})
+            | ({"format": "table"} if kind == "table" else {})
             for i, (expr, legend) in enumerate(targets)
         ],
     }
+    if table["transformations"]:
+        out["transformations"] = table["transformations"]
+    return out
 
 
 def variables(panels: list[Panel]) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ from shared.config import flag, port
 from shared.families import Family
 from shared.httpserver import StatusServer
 from shared.kinds import Kind
-from shared.runs import PartsMissingError, load_scenarios, result_payload
+from shared.runs import PartsMissingError, load_result, load_scenarios, result_payload
 from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest
 
 log = logging.getLogger("exporter")
@@ -270,6 +270,17 @@ class Gateway:
         scenarios = await load_scenarios(self.js, manifest)
         self.state.set_scenarios(manifest.run_id, manifest.generation, scenarios)
 
+    async def _reload_results(self, run_id: str) -> None:
+        """Read back the newest result of every kind for ``run_id`` (exported again after a deletion)."""
+        manifest = self.state.manifests.get(run_id)
+        if manifest is not None:
+            for kind, decoder in self._decoders.items():
+                found = await load_result(self.js, kind, manifest.digest, decoder)
+                if found is not None and found.run_id == run_id:
+                    self.state.add_result(kind, found, count=False)
+        self.state.reload_results = None
+        self.state.version += 1
+
     async def _poll_lag(self) -> None:
         for kind in self.kinds:
             try:
@@ -297,6 +308,8 @@ class Gateway:
                 pending = self.state.needs_scenarios()
                 if pending is not None:
                     await self._load_scenarios(pending)
+                if self.state.reload_results is not None:
+                    await self._reload_results(self.state.reload_results)
                 if loop.time() >= next_lag:
                     await self._poll_lag()
                     next_lag = loop.time() + lag_interval

@@ -73,6 +73,8 @@ class GatewayState:
     #: Families a kind failed to build (a bad run must cost its own metrics, never the whole gateway).
     family_errors: Counter[str] = field(default_factory=Counter)
     version: int = 0
+    #: A run whose results must be read back from the results stream (set when a deletion exposes it).
+    reload_results: str | None = None
 
     def add_manifest(self, manifest: RunManifest) -> bool:
         current = self.manifests.get(manifest.run_id)
@@ -85,10 +87,11 @@ class GatewayState:
         self.version += 1
         return True
 
-    def add_result(self, kind: str, result: Result) -> bool:
+    def add_result(self, kind: str, result: Result, *, count: bool = True) -> bool:
         run_id = result.run_id
         key = (kind, run_id)
-        self.received[kind] += 1
+        if count:
+            self.received[kind] += 1
         latest = self.latest_run_id
         if latest is not None and run_id < latest:
             return False  # an older run's result: counted, not kept
@@ -104,9 +107,13 @@ class GatewayState:
         current = self.manifests.get(run_id)
         if current is None or current.digest not in digests:
             return False
+        was_latest = run_id == self.latest_run_id
         del self.manifests[run_id]
         self.scenarios.pop(run_id, None)
         self.results = {key: r for key, r in self.results.items() if key[1] != run_id}
+        if was_latest:
+            # The run exported now had its results dropped when the deleted one replaced it.
+            self.reload_results = self.latest_run_id
         self.version += 1
         return True
 
