@@ -407,6 +407,23 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 [("increase(transcode_service_errors_total[1h])", "{{service}} {{reason}}")],
                 8,
             ),
+            (
+                "Telemetry sources: up, has data (gpu without data is normal without GPUs)",
+                "timeseries",
+                "bool",
+                [
+                    ("transcode_telemetry_source_up", "up {{source}}"),
+                    ("transcode_telemetry_source_has_data", "has data {{source}}"),
+                ],
+                12,
+            ),
+            (
+                "Telemetry sources: age of the newest sample",
+                "timeseries",
+                "s",
+                [("transcode_telemetry_source_age_seconds", "{{source}}")],
+                12,
+            ),
         ],
     ),
 }

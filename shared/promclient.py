@@ -101,8 +101,8 @@ class PrometheusClient:
             raise PrometheusError(f"{parsed.errorType or 'error'}: {parsed.error}", transient=False)
         return parsed.data
 
-    def query(self, expr: str, time_s: int) -> list[Series]:
-        """Instant query at ``time_s`` (unix seconds). Non-finite values are dropped."""
+    def query(self, expr: str, time_s: float) -> list[Series]:
+        """Instant query at ``time_s`` (unix seconds, fractions allowed). Non-finite values are dropped."""
         data = self._get("/api/v1/query", {"query": expr, "time": str(time_s)})
         out = []
         for series in data.result:

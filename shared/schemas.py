@@ -217,6 +217,39 @@ class RunDeleted(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+class TelemetrySourceHealth(msgspec.Struct, kw_only=True):
+    """One telemetry source at one health check: did its query answer, and how old is its newest sample."""
+
+    #: ``rapl`` (RAPL power/energy), ``container`` (container CPU %), ``cpu`` (CPU cores, cAdvisor) or ``gpu``
+    #: (NVIDIA DCGM).
+    name: str
+    #: The health query answered without error.
+    up: bool
+    #: The answer held a sample (within the server's lookback, 5 min by default). A ``gpu`` source that is
+    #: up without data is normal on a machine without GPUs.
+    has_data: bool
+    #: When the check ran, unix seconds.
+    checked_at: float
+    #: The PromQL asked (``max(timestamp(<metric>))`` by default).
+    query: str
+    #: Timestamp of the newest sample, unix seconds; None without data.
+    newest_sample_at: float | None = None
+    #: ``checked_at - newest_sample_at`` (not below 0), seconds; None without data.
+    age_seconds: float | None = None
+    #: Why the query did not answer (connection refused, timeout, bad query, ...); None when up.
+    error: str | None = None
+
+
+class TelemetryHealth(msgspec.Struct, kw_only=True):
+    """Subject ``te.events.telemetry.health``: the ingest service's periodic check of the telemetry sources
+    its enrichment reads (``--telemetry-health-interval``). The events stream keeps only the newest one."""
+
+    #: When the check started, unix seconds.
+    checked_at: float
+    sources: list[TelemetrySourceHealth]
+    schema_version: int = SCHEMA_VERSION
+
+
 class IngestRecord(msgspec.Struct, kw_only=True):
     """Value in KV ``te_ingested`` under the run key: what the ingest service has published for a run."""
 
@@ -772,4 +805,5 @@ PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "DeleteRunRequest": DeleteRunRequest,
     "DeleteRunResponse": DeleteRunResponse,
     "RunDeleted": RunDeleted,
+    "TelemetryHealth": TelemetryHealth,
 }

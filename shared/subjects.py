@@ -37,6 +37,9 @@ RESULTS_STREAM_SUBJECTS = [f"{PREFIX}.results.>", f"{PREFIX}.parts.>"]
 EVENTS_ERROR = f"{PREFIX}.events.error"
 #: ``te.events.run.deleted``: payload ``RunDeleted`` (a run removed on request; the gateway drops it).
 RUN_DELETED = f"{PREFIX}.events.run.deleted"
+#: ``te.events.telemetry.health``: payload ``TelemetryHealth`` (ingest's periodic check of the telemetry sources;
+#: after each publish the older ones are purged from the stream, so it holds only the newest).
+TELEMETRY_HEALTH = f"{PREFIX}.events.telemetry.health"
 EVENTS_STREAM = "TE_EVENTS"
 EVENTS_STREAM_SUBJECTS = [f"{PREFIX}.events.>"]
 

@@ -437,6 +437,9 @@ EXPECTED_EMPTY = {
     "alert WorkerErrors": "no worker fails",
     "alert GatewayNotReady": "the gateway is ready",
     "alert GatewayDown": "the gateway is scraped",
+    "alert TelemetrySourceDown": None,  # fires in this test: see below
+    "alert TelemetryStale": "the telemetry sources are down here (TelemetrySourceDown fires), not stale",
+    "pipeline-health.json: Telemetry sources: age of the newest sample": "no source answers here: no age",
     "alert HighCpuPackagePower": "rapl_power_watts is telemetry of the benchmark host, not scraped here",
     "alert HighCpuPackagePowerCritical": "as above",
     "alert HighGpuPower": "DCGM is not scraped here",
@@ -540,6 +543,9 @@ def test_every_dashboard_and_alert_query_against_a_real_prometheus(scraped_syste
     # The alerts that should fire in this system do: a file was rejected and enrichment failed.
     assert query(base, "increase(transcode_ingest_rejected_files_total[15m]) > 0")
     assert query(base, "increase(transcode_enrichment_failures_total[30m]) > 0")
+    # Every telemetry source is down: enrichment's Prometheus is unreachable.
+    down = query(base, "transcode_telemetry_source_up == 0")
+    assert sorted(row["metric"]["source"] for row in down) == ["container", "cpu", "gpu", "rapl"]
     for where, expr in queries:
         if where in EXPECTED_EMPTY and EXPECTED_EMPTY[where] is not None:
             assert query(base, expr) == [], f"{where} fires in a healthy system: {expr}"

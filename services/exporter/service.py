@@ -49,7 +49,7 @@ from shared.families import Family
 from shared.httpserver import StatusServer
 from shared.kinds import Kind
 from shared.runs import PartsMissingError, load_result, load_scenarios, result_payload
-from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest
+from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest, TelemetryHealth
 
 log = logging.getLogger("exporter")
 SERVICE = "exporter"
@@ -250,6 +250,8 @@ class Gateway:
                     log.info(
                         "run %s was deleted; %s is exported now", deleted.run_id, self.state.latest_run_id
                     )
+            elif msg.subject == subjects.TELEMETRY_HEALTH:
+                self.state.set_telemetry_health(msgspec.json.decode(msg.data, type=TelemetryHealth))
         self._mark("events", msg)
 
     async def _replay(self, name: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from shared.families import Family, RunView, non_empty, up_family
 from shared.kinds import LEGACY_LISTENERS, Kind
-from shared.schemas import ErrorEvent, ResultEnvelope, RunManifest, ScenarioMessage
+from shared.schemas import ErrorEvent, ResultEnvelope, RunManifest, ScenarioMessage, TelemetryHealth
 
 log = logging.getLogger("exporter")
 
@@ -72,6 +72,8 @@ class GatewayState:
     received: Counter[str] = field(default_factory=Counter)
     #: Families a kind failed to build (a bad run must cost its own metrics, never the whole gateway).
     family_errors: Counter[str] = field(default_factory=Counter)
+    #: The newest telemetry-source health check published by ingest.
+    telemetry: TelemetryHealth | None = None
     version: int = 0
     #: A run whose results must be read back from the results stream (set when a deletion exposes it).
     reload_results: str | None = None
@@ -120,6 +122,15 @@ class GatewayState:
     def add_error(self, event: ErrorEvent) -> None:
         self.errors[(event.service, event.reason)] += 1
         self.version += 1
+
+    def set_telemetry_health(self, report: TelemetryHealth) -> bool:
+        """Keep ``report`` unless a newer check is known already (replay order is not check order across
+        ingest replicas)."""
+        if self.telemetry is not None and self.telemetry.checked_at > report.checked_at:
+            return False
+        self.telemetry = report
+        self.version += 1
+        return True
 
     def set_scenarios(self, run_id: str, generation: int, scenarios: list[ScenarioMessage]) -> None:
         self.scenarios = {run_id: (generation, scenarios)}  # only the latest run's are kept
@@ -185,6 +196,41 @@ def build_snapshot(version: int, health: list[Family], groups: dict[str, list[Fa
     out.update(groups)
     out["health"] = health
     return Snapshot(version=version, groups=out)
+
+
+def telemetry_families(report: TelemetryHealth | None, now: float) -> list[Family]:
+    """The newest telemetry-source health check as four families labelled by ``source``. A ``gpu`` source
+    that is up without data is normal on a machine without GPUs (docs/telemetry.md)."""
+    up = Family(
+        "transcode_telemetry_source_up",
+        "1 when the telemetry source's health query answered without error at the last check, else 0 (1/0)",
+        ("source",),
+    )
+    has_data = Family(
+        "transcode_telemetry_source_has_data",
+        "1 when the telemetry source had a sample within the server's lookback at the last check, else 0 "
+        "(1/0; gpu 0 with up 1 is normal without GPUs)",
+        ("source",),
+    )
+    age = Family(
+        "transcode_telemetry_source_age_seconds",
+        "Age of the telemetry source's newest sample, seconds: its age at the last check plus the seconds "
+        "since that check (absent without data)",
+        ("source",),
+    )
+    checked = Family(
+        "transcode_telemetry_source_checked_at_seconds",
+        "When the telemetry source was last checked, unix time in seconds",
+        ("source",),
+    )
+    for source in report.sources if report is not None else ():
+        labels = (source.name,)
+        up.add(labels, 1.0 if source.up else 0.0)
+        has_data.add(labels, 1.0 if source.has_data else 0.0)
+        checked.add(labels, source.checked_at)
+        if source.age_seconds is not None:
+            age.add(labels, source.age_seconds + max(0.0, now - source.checked_at))
+    return [up, has_data, age, checked]
 
 
 def health_families(
@@ -272,4 +318,5 @@ def health_families(
         pending.add((consumer,), num_pending)
         acks.add((consumer,), num_ack_pending)
     out += [pending, acks]
+    out += telemetry_families(state.telemetry, time.time())
     return non_empty(out)

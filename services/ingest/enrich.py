@@ -6,6 +6,12 @@ scenarios already carry their telemetry and no worker needs Prometheus access.
 The default queries and reductions are the old exporters' (metric-contract.md section 2), so the same
 VictoriaMetrics gives the same numbers. Each query is configurable because sites name their exporters
 differently (``--telemetry-queries FILE``, a JSON object with any of the fields of :class:`TelemetryQueries`).
+
+A query that answers with nothing (no series in the scenario's window) is not a failure, but it is not silent
+either: it is logged once per run and query, with the query, and counted per query field (``on_empty``).
+
+The same file configures the telemetry-source health check (:meth:`Enricher.check_health`): per source
+(``rapl``, ``container``, ``cpu``, ``gpu``) an instant query giving the time of its newest sample.
 """
 
 from __future__ import annotations
@@ -15,16 +21,40 @@ import concurrent.futures
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
 from shared.promclient import PrometheusClient, PrometheusError, Series
-from shared.schemas import Samples, Scenario, Telemetry
+from shared.resultsfile import printable
+from shared.schemas import Samples, Scenario, Telemetry, TelemetryHealth, TelemetrySourceHealth
 
 log = logging.getLogger("ingest.enrich")
+
+
+class TelemetryHealthQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """PromQL per telemetry source for the health check: an instant query, evaluated at the time of the check,
+    whose answer is the unix time of the source's newest sample (``max(timestamp(<base metric>))``). An
+    empty string leaves the source out of the check.
+
+    ``timestamp()`` sees only samples within the server's lookback (5 min by default, in Prometheus and
+    VictoriaMetrics): a source whose newest sample is older answers with nothing (``has_data`` false).
+    """
+
+    #: RAPL exporter: feeds ``energy_joules``, ``power_watts`` and ``power_all_zones_watts``.
+    rapl: str = "max(timestamp(rapl_power_watts))"
+    #: docker-stats exporter: feeds ``container_cpu_percent``.
+    container: str = "max(timestamp(docker_containers_total_cpu_percent))"
+    #: cAdvisor: feeds ``cpu_usage_cores``.
+    cpu: str = "max(timestamp(container_cpu_usage_seconds_total))"
+    #: NVIDIA DCGM exporter: feeds the ``gpu_*`` fields. No data is normal on a machine without GPUs.
+    gpu: str = "max(timestamp(DCGM_FI_DEV_POWER_USAGE))"
+
+
+#: The telemetry sources, in the order they are checked and exported.
+HEALTH_SOURCES = ("rapl", "container", "cpu", "gpu")
 
 
 class TelemetryQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -58,6 +88,8 @@ class TelemetryQueries(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     gpu_encoder_percent: str = "avg(DCGM_FI_DEV_ENC_UTIL)"
     #: Range-query resolution, seconds.
     step_seconds: float = 5.0
+    #: Health-check query per telemetry source (``{"health": {"rapl": "..."}}`` overrides one).
+    health: TelemetryHealthQueries = msgspec.field(default_factory=TelemetryHealthQueries)
 
     @classmethod
     def load(cls, path: Path | None) -> TelemetryQueries:
@@ -80,6 +112,10 @@ RANGE_FIELDS = (
 )
 #: Instant queries evaluated at ``int(end)`` over the ``{window}``; each gives one number.
 INSTANT_FIELDS = ("energy_joules", "gpu_energy_joules")
+#: Fields read from the DCGM exporter: empty on a machine without GPUs, which is normal (logged at DEBUG).
+GPU_FIELDS = frozenset({"gpu_power_watts", "gpu_energy_joules", "gpu_usage_cores", "gpu_encoder_percent"})
+#: Called with (query field, number of scenarios) for every query field that came back empty in a run.
+EmptyListener = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -104,9 +140,15 @@ def _samples(series: list[Series]) -> Samples | None:
     return Samples(values=values) if values else None
 
 
+def _newest(series: list[Series]) -> float | None:
+    values = [v for s in series for v in s.values]
+    return max(values) if values else None
+
+
 class Enricher:
-    def __init__(self, settings: EnrichSettings) -> None:
+    def __init__(self, settings: EnrichSettings, *, on_empty: EmptyListener | None = None) -> None:
         self.settings = settings
+        self.on_empty = on_empty
         self.client = PrometheusClient(settings.prometheus_url, timeout_s=settings.timeout_s)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, settings.concurrency), thread_name_prefix="promql"
@@ -130,11 +172,18 @@ class Enricher:
 
     async def enrich_scenario(self, scenario: Scenario, deadline: float) -> Telemetry | None:
         """Telemetry for the scenario's ``[int(start), int(end)]`` window; None without start/end times."""
+        telemetry, _ = await self._enrich_scenario(scenario, deadline)
+        return telemetry
+
+    async def _enrich_scenario(
+        self, scenario: Scenario, deadline: float
+    ) -> tuple[Telemetry | None, list[str] | None]:
+        """The telemetry, and the query fields that answered with no data (None when nothing was asked)."""
         if scenario.start_time is None or scenario.end_time is None:
-            return None
+            return None, None
         start, end = float(scenario.start_time), float(scenario.end_time)
         if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
-            return Telemetry(source="prometheus", missing_reason="end_time is not after start_time")
+            return Telemetry(source="prometheus", missing_reason="end_time is not after start_time"), None
         q = self.settings.queries
         window = max(1, int(end - start))
         step = q.step_seconds
@@ -150,6 +199,7 @@ class Enricher:
         await asyncio.gather(*jobs.values(), return_exceptions=True)
         fields: dict[str, object] = {}
         failures = []
+        empty = []
         for name, job in jobs.items():
             exc = job.exception()
             if exc is not None:
@@ -164,14 +214,86 @@ class Enricher:
                 samples = _samples(result)
                 if samples is not None:
                     fields[name] = samples
-        return Telemetry(
+            if name not in fields:
+                empty.append(name)
+        telemetry = Telemetry(
             step_seconds=step,
             source="prometheus",
             missing_reason="; ".join(failures) if failures else None,
             **fields,  # type: ignore[arg-type]
         )
+        return telemetry, empty
 
-    async def enrich_run(self, scenarios: Sequence[Scenario]) -> list[Telemetry | None]:
-        """Every scenario of a run, concurrently (bounded by the pool); never raises for query failures."""
+    async def enrich_run(
+        self, scenarios: Sequence[Scenario], *, run_id: str | None = None
+    ) -> list[Telemetry | None]:
+        """Every scenario of a run, concurrently (bounded by the pool); never raises for query failures.
+
+        Each query field that answered with no data for some scenarios is logged once (WARNING; DEBUG for the
+        GPU fields, empty on a machine without GPUs) with its query, and passed to ``on_empty``."""
         deadline = time.monotonic() + self.settings.retry_budget_s
-        return list(await asyncio.gather(*(self.enrich_scenario(s, deadline) for s in scenarios)))
+        answers = await asyncio.gather(*(self._enrich_scenario(s, deadline) for s in scenarios))
+        self._report_empty(run_id, [empty for _, empty in answers])
+        return [telemetry for telemetry, _ in answers]
+
+    def _report_empty(self, run_id: str | None, empties: list[list[str] | None]) -> None:
+        asked = sum(1 for e in empties if e is not None)
+        for name in (*INSTANT_FIELDS, *RANGE_FIELDS):
+            count = sum(1 for e in empties if e is not None and name in e)
+            if not count:
+                continue
+            log.log(
+                logging.DEBUG if name in GPU_FIELDS else logging.WARNING,
+                "enrichment%s: query %s came back empty for %d of %d scenarios (no samples in their time "
+                "windows%s): %s",
+                f" of {printable(run_id)}" if run_id else "",
+                name,
+                count,
+                asked,
+                "; normal without GPUs" if name in GPU_FIELDS else "; is its exporter scraped?",
+                printable(getattr(self.settings.queries, name)),
+            )
+            if self.on_empty is not None:
+                self.on_empty(name, count)
+
+    async def check_health(self) -> TelemetryHealth:
+        """One health check of every configured source (concurrently, one attempt each, never raises for a
+        source that cannot answer): does its query answer, and how old is its newest sample."""
+        checked_at = time.time()
+        queries = self.settings.queries.health
+        sources = [(name, getattr(queries, name)) for name in HEALTH_SOURCES if getattr(queries, name)]
+        loop = asyncio.get_running_loop()
+        answers = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, self.client.query, expr, checked_at) for _, expr in sources),
+            return_exceptions=True,
+        )
+        out = []
+        for (name, expr), answer in zip(sources, answers, strict=True):
+            if isinstance(answer, PrometheusError):
+                out.append(
+                    TelemetrySourceHealth(
+                        name=name,
+                        up=False,
+                        has_data=False,
+                        checked_at=checked_at,
+                        query=expr,
+                        error=str(answer),
+                    )
+                )
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            newest = _newest(answer)
+            out.append(
+                TelemetrySourceHealth(
+                    name=name,
+                    up=True,
+                    has_data=newest is not None,
+                    checked_at=checked_at,
+                    query=expr,
+                    newest_sample_at=newest,
+                    # A sample stamped ahead of this clock (skew between hosts) counts as fresh, not negative.
+                    age_seconds=None if newest is None else max(0.0, checked_at - newest),
+                )
+            )
+        return TelemetryHealth(checked_at=checked_at, sources=out)

@@ -23,6 +23,10 @@ with its sidecar, event, log line and counter), or gone. In particular:
   "watching" log line), so no file dropped at start-up is missed. If the watcher fails later (watchfiles
   stops on a file name that is not UTF-8), it is started again and the directory scanned again.
 
+With ``--prometheus-url``, the service also checks every ``--telemetry-health-interval`` seconds whether each
+telemetry source (RAPL, container CPU, cAdvisor, DCGM) answers and how fresh its newest sample is, and
+publishes a ``TelemetryHealth`` event (docs/telemetry.md).
+
 One-shot mode and ``--reenrich`` give up on an unreachable NATS after ``--connect-timeout-total`` seconds
 (exit 2, naming the URL) and stop at once on SIGINT/SIGTERM (exit 130).
 """
@@ -72,7 +76,7 @@ from shared.resultsfile import (
     run_digest,
 )
 from shared.runs import latest_manifest, load_scenarios
-from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, Telemetry
+from shared.schemas import ErrorEvent, IngestRecord, ResultsFile, Telemetry, TelemetryHealth
 
 if TYPE_CHECKING:
     from watchfiles.main import FileChange
@@ -179,6 +183,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=Path,
         help="JSON file overriding the PromQL of each telemetry query (see docs/telemetry.md)",
+    )
+    flag(
+        parser,
+        "--telemetry-health-interval",
+        env="TELEMETRY_HEALTH_INTERVAL",
+        default=30.0,
+        type=non_negative_float,
+        help="with --prometheus-url: seconds between checks that each telemetry source answers and is fresh "
+        "(0: off)",
     )
     flag(
         parser,
@@ -292,6 +305,12 @@ class IngestMetrics:
         self.enrichment_failures = Counter(
             "transcode_ingest_enrichment_failures_total",
             "Scenarios published with telemetry missing because Prometheus could not answer",
+            registry=self.registry,
+        )
+        self.enrichment_empty = Counter(
+            "transcode_ingest_enrichment_empty_total",
+            "Scenario queries that Prometheus answered with no data (count), by query field",
+            ["query"],
             registry=self.registry,
         )
         self.ready = Gauge(
@@ -524,7 +543,7 @@ class IngestService:
     async def _enrich(self, run: ParsedRun) -> list[Telemetry | None] | None:
         if self.enricher is None or await self.publisher.is_published(run):
             return None
-        enriched = await self.enricher.enrich_run(run.results.scenarios)
+        enriched = await self.enricher.enrich_run(run.results.scenarios, run_id=run.run_id)
         await report_enrichment_failures(self.js, self.metrics, run.run_id, run.file_name, enriched)
         return enriched
 
@@ -802,9 +821,14 @@ async def report_enrichment_failures(
         )
 
 
-def make_enricher(args: argparse.Namespace) -> Enricher | None:
+def make_enricher(args: argparse.Namespace, metrics: IngestMetrics | None = None) -> Enricher | None:
     if not args.prometheus_url:
         return None
+
+    def count_empty(query: str, scenarios: int) -> None:
+        if metrics is not None:
+            metrics.enrichment_empty.labels(query).inc(scenarios)
+
     return Enricher(
         EnrichSettings(
             prometheus_url=args.prometheus_url,
@@ -812,8 +836,63 @@ def make_enricher(args: argparse.Namespace) -> Enricher | None:
             timeout_s=args.enrich_timeout,
             retry_budget_s=args.enrich_retry_seconds,
             concurrency=args.enrich_concurrency,
-        )
+        ),
+        on_empty=count_empty,
     )
+
+
+async def publish_telemetry_health(js: JetStreamContext, report: TelemetryHealth) -> None:
+    """Publish ``report`` and purge the older ones from the events stream: only the newest is of use, and a
+    check every 30 s would otherwise fill the stream (and the gateway's replay) with stale copies."""
+    ack = await js.publish(subjects.TELEMETRY_HEALTH, msgspec.json.encode(report))
+    await js.purge_stream(ack.stream, subject=subjects.TELEMETRY_HEALTH, keep=1)
+
+
+async def telemetry_health_loop(
+    js: JetStreamContext, enricher: Enricher, interval: float, stop: asyncio.Event
+) -> None:
+    """Check the telemetry sources every ``interval`` seconds and publish each report, until ``stop``.
+
+    A change of a source's state is logged once (not every check): down (with the error), up without data
+    (WARNING; INFO for ``gpu``, normal on a machine without GPUs), back with data (INFO)."""
+    previous: dict[str, tuple[bool, bool]] = {}
+    while not stop.is_set():
+        try:
+            report = await enricher.check_health()
+        except Exception:  # a bug here must not end the checks for good, nor take ingest down
+            log.exception("telemetry health check failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            continue
+        for source in report.sources:
+            state = (source.up, source.has_data)
+            if previous.get(source.name) == state:
+                continue
+            if not source.up:
+                log.warning("telemetry source %s is down: %s", source.name, printable(source.error or ""))
+            elif not source.has_data:
+                log.log(
+                    logging.INFO if source.name == "gpu" else logging.WARNING,
+                    "telemetry source %s has no recent samples (query: %s)%s",
+                    source.name,
+                    printable(source.query),
+                    "; normal on a machine without GPUs" if source.name == "gpu" else "",
+                )
+            elif source.name in previous:
+                log.info(
+                    "telemetry source %s has data again (newest sample %.0fs old)",
+                    source.name,
+                    source.age_seconds or 0.0,
+                )
+        previous = {s.name: (s.up, s.has_data) for s in report.sources}
+        try:
+            await publish_telemetry_health(js, report)
+        except _TRANSIENT as exc:
+            log.warning(
+                "could not publish the telemetry health (%s); next check in %gs", _describe(exc), interval
+            )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
 
 
 async def reenrich(args: argparse.Namespace, run_id: str) -> int:
@@ -834,7 +913,7 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
         if run is None:
             print(f"run {run_id!r} has not been ingested", file=sys.stderr)
             return 1
-        enriched = await enricher.enrich_run(run.results.scenarios)
+        enriched = await enricher.enrich_run(run.results.scenarios, run_id=run.run_id)
         await report_enrichment_failures(js, None, run.run_id, run.file_name, enriched)
         outcome = await publisher.publish(run, enriched, new_generation=True)
         missing = sum(1 for t in enriched if t is not None and t.missing_reason)
@@ -987,8 +1066,13 @@ async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Eve
     settings = settings_from_args(args)
     metrics = IngestMetrics()
     nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
-    enricher = make_enricher(args)
+    enricher = make_enricher(args, metrics)
     service = IngestService(settings, publisher, js, metrics, enricher)
+    health: asyncio.Future[None] | None = None
+    if enricher is not None and args.telemetry_health_interval > 0:
+        health = asyncio.ensure_future(
+            telemetry_health_loop(js, enricher, args.telemetry_health_interval, stop)
+        )
     status: StatusServer | None = None
     if args.status_port:
         status = StatusServer(
@@ -1007,6 +1091,9 @@ async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Eve
     finally:
         if announce is not None:
             announce.cancel()
+        if health is not None:
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
         with contextlib.suppress(Exception):
             await discoverable.stop()
         if status is not None:
