@@ -7,7 +7,10 @@ negotiation (text 0.0.4 / 1.0.0, OpenMetrics) is whatever the client library doe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import selectors
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,9 +80,22 @@ class StatusServer:
             # socketserver's default listen backlog is 5: more simultaneous scrapers would wait for SYN retries.
             request_queue_size = 128
 
+            def serve_until_woken(self) -> None:
+                """serve_forever without its 0.5 s polling: sleep in select() until a client connects or
+                stop() writes to the wake pipe, so an idle listener costs no CPU at all."""
+                with selectors.DefaultSelector() as selector:
+                    selector.register(self, selectors.EVENT_READ)
+                    selector.register(server_self._wake_read, selectors.EVENT_READ)
+                    while not server_self._stopping:
+                        for key, _ in selector.select():
+                            if key.fileobj is self and not server_self._stopping:
+                                self._handle_request_noblock()  # type: ignore[attr-defined]
+
+        self._stopping = False
+        self._wake_read, self._wake_write = os.pipe()
         self._httpd = Server((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"http-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_until_woken, name=f"http-{name}", daemon=True)
 
     def _render(self, accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)
@@ -94,5 +110,11 @@ class StatusServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._httpd.server_close()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -175,6 +175,8 @@ class Gateway:
         self._snapshot_version = 0
         #: Readiness of the snapshot being served (not of the state being built).
         self._served_ready = False
+        #: The kinds' families and the state version they were built from.
+        self._groups: tuple[int, dict[str, list[Family]]] | None = None
         self._subs: list[object] = []
 
     # -- readiness ---------------------------------------------------------------------------------------
@@ -196,9 +198,14 @@ class Gateway:
 
     async def rebuild(self) -> None:
         ready = self._state_ready()
-        view = self.state.view()
         health = health_families(self.state, ready=ready, lag=self.lag, kinds=self.kinds)
-        groups = await asyncio.to_thread(kind_groups, view, self.kinds, self.state.family_errors)
+        if self._groups is None or self._groups[0] != self.state.version:
+            # The kinds' families change only with the state; the periodic lag poll rebuilds health alone.
+            view = self.state.view()
+            version = self.state.version
+            built = await asyncio.to_thread(kind_groups, view, self.kinds, self.state.family_errors)
+            self._groups = (version, built)
+        groups = self._groups[1]
         self._snapshot = build_snapshot(self.state.version, health, groups)
         self._snapshot_version += 1
         self._served_ready = ready
