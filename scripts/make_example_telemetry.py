@@ -1,8 +1,11 @@
 """Write ``examples/test_results_20251228_203216.json``: the real run of 2025-12-28 with inline telemetry.
 
-The benchmark file itself has only metadata and start/end times; its measured per-scenario figures are in
-``../shared/reference/examples/test_results_20251228_203216_analysis.csv``. This script turns those figures
-into a ``telemetry`` block per scenario so that the system shows realistic numbers without Prometheus:
+The benchmark file itself has only metadata and start/end times. Its measured per-scenario figures (one row
+per scenario with ``name``, ``mean_power_w`` and ``container_cpu_pct``) were recorded in a companion
+``test_results_20251228_203216_analysis.csv`` when the run was analysed. Neither input ships with this
+repository, only the file this script wrote from them (``examples/``, what ``make run`` seeds
+``./test_results`` with). This script turns those figures into a ``telemetry`` block per scenario so that the
+system shows realistic numbers without Prometheus:
 
 * ``power_watts``: package power every 5 s whose arithmetic mean is exactly the measured ``mean_power_w``
   (a deterministic ripple of whole sine periods around it, so the standard deviation is not zero);
@@ -10,7 +13,8 @@ into a ``telemetry`` block per scenario so that the system shows realistic numbe
 * ``container_cpu_percent``: constant at the measured ``container_cpu_pct``;
 * ``cpu_usage_cores``: container CPU % / 100 (cores busy), every 5 s.
 
-Run: ``python scripts/make_example_telemetry.py ../shared/reference/examples``.
+Run: ``python scripts/make_example_telemetry.py DIR``, where DIR holds the original
+``test_results_20251228_203216.json`` and its ``_analysis.csv``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The one place where scenario metadata is interpreted: bitrate, resolution, stream count, encoder type,
 output ladder, duration, total pixels and baseline detection. Pure functions, no I/O.
 
-The old modules disagreed on most of these (metric-contract.md 3.4, 3.5); each function's docstring states
-the rule chosen here and why. Parsers raise only their own :class:`ParseError` subclasses.
+The old exporters, scoring and modeling code each had their own rule for most of these (a bare bitrate was
+kbps in one and Mbps in another; baselines were found by different names), so the same scenario got different
+numbers depending on who read it. Each function's docstring states the one rule chosen here and why. Parsers raise only their own :class:`ParseError` subclasses.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Two groups live here:
 
 * the **results file** written by the benchmark runner (``ResultsFile``, ``Scenario``, ``Output``, ...), which
-  follows the old exporters' input contract (metric-contract.md section 3.3) field for field, plus an optional
-  inline ``telemetry`` block;
+  keeps every scenario field the old exporters read, with the same names and meanings (``name``, ``bitrate``,
+  ``resolution``, ``fps``, ``duration``, ``start_time``/``end_time``, ``outputs``, the scores, the old
+  ``power``/``gpu_power`` summaries and series, ...), plus an optional inline ``telemetry`` block;
 * the **messages** this system publishes on NATS. Each carries ``schema_version``; a consumer that sees a
   higher major version than it knows should refuse the message rather than guess.
 
@@ -92,8 +93,8 @@ class Telemetry(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Scenario(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One benchmark scenario as the runner writes it (metric-contract.md 3.3). Every field is optional:
-    a scenario with gaps still yields what can be computed, and the workers say what is missing."""
+    """One benchmark scenario as the runners write it, with the fields the old exporters read. Every field
+    is optional: a scenario with gaps still yields what can be computed, and the workers say what is missing."""
 
     name: str | None = None
     bitrate: str | Number | None = None

@@ -157,7 +157,8 @@ def mean_power_w(
        duration s;
     3. the arithmetic mean of the power samples (when the duration is unknown).
 
-    None when none of them can be had.
+    None when none of them can be had. The cost family deliberately starts at step 3
+    (:func:`cost_mean_power_w`); docs/telemetry.md ("Mean power") explains the rule and that exception.
     """
     if stated_w is not None:
         return stated_w

@@ -37,12 +37,14 @@ S720 = Scenario(name="1 Streams @ 2500k", bitrate="2500k", resolution="1280x720"
 
 class TestScores:
     def test_pixels_per_joule_worked_example(self) -> None:
-        # metric-contract: 720p30 for 100 s at 5000 J = 1280*720*30*100 / 5000 = 552,960 px/J.
+        # Pixels per joule = width * height * fps * duration / energy: 720p30 for 100 s at 5000 J
+        # = 1280*720*30*100 / 5000 = 552,960 px/J.
         s = score(S720, Measured(energy_j=5000.0), Algorithm.PIXELS_PER_JOULE)
         assert s.value == 552_960.0 and s.unit == "pixels/J"
 
     def test_qoe_efficiency_worked_example(self) -> None:
-        # metric-contract 1.2: 1280x720, 30 fps, 120 s, VMAF 88, 6000 J -> 3,317,760,000 * 0.88 / 6000
+        # The old QoE exporter's qoe_efficiency_score = pixels * VMAF/100 / energy:
+        # 1280x720, 30 fps, 120 s, VMAF 88, 6000 J -> 3,317,760,000 * 0.88 / 6000
         # = 486,604.8, printed by the old exporter as 4.8660e+05.
         scenario = Scenario(
             name="1 Streams @ 2500k", resolution="1280x720", fps=30, duration=120, vmaf_score=88

@@ -3,8 +3,9 @@
 Enrichment lives in the ingest service, between parsing and publishing, so every worker receives a run whose
 scenarios already carry their telemetry and no worker needs Prometheus access.
 
-The default queries and reductions are the old exporters' (metric-contract.md section 2), so the same
-VictoriaMetrics gives the same numbers. Each query is configurable because sites name their exporters
+The default queries and reductions are the ones the old results and cost exporters sent (energy as the
+``increase`` of the package RAPL counter over the scenario's window, range queries at a 5 s step; the full
+list is in docs/telemetry.md), so the same VictoriaMetrics gives the same numbers. Each query is configurable because sites name their exporters
 differently (``--telemetry-queries FILE``, a JSON object with any of the fields of :class:`TelemetryQueries`).
 
 A query that answers with nothing (no series in the scenario's window) is not a failure, but it is not silent
