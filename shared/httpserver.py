@@ -95,7 +95,9 @@ class StatusServer:
         self._wake_read, self._wake_write = os.pipe()
         self._httpd = Server((host, port), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_until_woken, name=f"http-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_until_woken, name=f"http-{name}", daemon=True
+        )
 
     def _render(self, accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

@@ -136,11 +136,3 @@ def sample_stdev(series: SampledSeries | None) -> float | None:
         return 0.0
     m = _sum(series.values) / n
     return math.sqrt(_sum((v - m) * (v - m) for v in series.values) / (n - 1))
-
-
-def largest_gap_s(series: SampledSeries) -> float | None:
-    """Longest interval between consecutive timestamps (for reporting gaps); None for uniform series."""
-    t = series.timestamps_s
-    if t is None or len(t) < 2:
-        return None
-    return max(b - a for a, b in pairwise(t))

@@ -21,9 +21,9 @@ column-pivoted QR is :func:`pivoted_qr` below (LAPACK ``dgeqp3``'s pivoting rule
 of it with statsmodels and scipy.
 
 (The old code computed a bootstrap interval of the mean, called it a confidence interval and discarded it, and
-exported measured mean +- 2 sigma under "prediction_confidence": B-R14.) Everything is deterministic: the
-bootstrap uses a seeded generator, and no salted ``hash()`` is involved (B-M1). Persistence is JSON through
-msgspec (``to_dict``/``from_dict``), never pickle (B-M6).
+exported measured mean +- 2 sigma under "prediction_confidence": B-R14; its bootstrap was unseeded: B-M2.)
+Everything is deterministic: closed-form t intervals, and no salted ``hash()`` (B-M1). Persistence is JSON
+through msgspec (``to_dict``/``from_dict``), never pickle (B-M6).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Interval:
     mean: float
     low: float | None
     high: float | None
-    #: ``prediction`` (a new observation) or ``mean`` (the regression line) or ``bootstrap-prediction``.
+    #: ``prediction`` (a new observation) or ``mean`` (the regression line).
     kind: str
     confidence_level: float
 
@@ -319,45 +319,6 @@ class OLSFit:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Bootstrap
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """Case-resampling bootstrap of a fit, all refits at once (batched pseudo-inverse), seeded.
-
-    ``coef`` holds B coefficient vectors on the standardised design, ``noise`` B resampled residuals; the
-    bootstrap prediction interval of a new x is the percentile interval of ``x.coef_b + noise_b``.
-    """
-
-    coef: FloatArray
-    noise: FloatArray
-
-    @classmethod
-    def of(cls, fit: OLSFit, x: FloatArray, y: FloatArray, n_bootstrap: int, seed: int) -> Bootstrap:
-        rng = np.random.default_rng(seed)
-        design = fit._design_rows(np.atleast_2d(np.asarray(x, dtype=np.float64)).reshape(len(y), -1))
-        y = np.asarray(y, dtype=np.float64)
-        n = y.size
-        idx = rng.integers(0, n, size=(n_bootstrap, n))
-        xb = design[idx]  # (B, n, p)
-        yb = y[idx]  # (B, n)
-        coef = np.einsum("bpn,bn->bp", np.linalg.pinv(xb), yb)
-        residuals = y - design @ fit._beta
-        dof = max(fit.dof, 1)
-        # Residuals shrink by sqrt((n-p)/n) in-sample; inflate them back for new observations.
-        noise = rng.choice(residuals * math.sqrt(n / dof), size=n_bootstrap, replace=True)
-        return cls(coef, noise)
-
-    def interval(self, rows: FloatArray, level: float) -> list[tuple[float, float]]:
-        draws = rows @ self.coef.T + self.noise  # (m, B)
-        low = np.quantile(draws, 0.5 - level / 2.0, axis=1)
-        high = np.quantile(draws, 0.5 + level / 2.0, axis=1)
-        return [(float(a), float(b)) for a, b in zip(low, high, strict=True)]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Predictors
 # ---------------------------------------------------------------------------------------------------------
 
@@ -377,10 +338,7 @@ class PredictorState(msgspec.Struct, kw_only=True):
 class _Base:
     confidence_level: float = 0.95
     clamp_at_zero: bool = True
-    n_bootstrap: int = 0
-    seed: int = 0
     _fit: OLSFit | None = field(default=None, init=False, repr=False)
-    _bootstrap: Bootstrap | None = field(default=None, init=False, repr=False)
 
     kind = "base"
 
@@ -395,8 +353,6 @@ class _Base:
         features = self._features(x)
         y_arr = np.asarray(y, dtype=np.float64)
         self._fit = OLSFit.fit(features, y_arr, self.feature_names(), self.confidence_level)
-        if self.n_bootstrap > 0:
-            self._bootstrap = Bootstrap.of(self._fit, features, y_arr, self.n_bootstrap, self.seed)
         return self
 
     @property
@@ -443,22 +399,6 @@ class _Base:
     def mean_confidence_intervals(self, x: Any) -> list[Interval]:
         """Where the regression line (the expected value) at x lies."""
         return self._intervals(x, "mean")
-
-    def bootstrap_prediction_intervals(self, x: Any) -> list[Interval]:
-        if self._bootstrap is None:
-            raise ModelError("fit with n_bootstrap > 0 to get bootstrap intervals")
-        rows = self.ols._design_rows(self._features(x))
-        means = rows @ self.ols._beta
-        return [
-            Interval(
-                max(0.0, float(m)) if self.clamp_at_zero else float(m),
-                self._clamp(lo),
-                self._clamp(hi),
-                "bootstrap-prediction",
-                self.confidence_level,
-            )
-            for m, (lo, hi) in zip(means, self._bootstrap.interval(rows, self.confidence_level), strict=True)
-        ]
 
     def to_dict(self) -> dict[str, Any]:
         state = PredictorState(
@@ -515,11 +455,6 @@ class MultivariatePredictor(_Base):
 
     def feature_names(self) -> list[str]:
         return list(self.names)
-
-    def predict_with_confidence(self, features: Any) -> tuple[float, float | None, float | None]:
-        """(mean, low, high) of the **prediction interval** for one new observation."""
-        [iv] = self.prediction_intervals(features)
-        return iv.mean, iv.low, iv.high
 
 
 def from_dict(data: dict[str, Any]) -> _Base:

@@ -36,8 +36,6 @@ _BITRATE_RE = re.compile(
     r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmg]?)(?:bps|b/s)?\s*$", re.IGNORECASE
 )
 _BITRATE_SCALE_MBPS = {"": None, "k": 1e-3, "m": 1.0, "g": 1e3}
-#: Plain numbers (``"2500"``, ``2500``) are kilobits per second.
-BARE_NUMBER_UNIT = "kbps"
 
 
 def parse_bitrate_mbps(value: object) -> float:
@@ -86,14 +84,6 @@ def try_bitrate_mbps(value: object) -> float | None:
         return parse_bitrate_mbps(value)
     except BitrateError:
         return None
-
-
-def format_bitrate(mbps: float) -> str:
-    """Canonical form: whole kbps as ``2500k``, otherwise Mbps as ``2.5M``."""
-    kbps = round(mbps * 1000.0, 6)  # 1.001 Mbps is 1000.9999999999999 kbps in binary floating point
-    if kbps.is_integer():
-        return f"{int(kbps)}k"
-    return f"{mbps!r}M"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -140,13 +140,19 @@ class PowerModel:
     predictor: _Base
     info: ModelInfo
 
+    def _row(self, features: dict[str, float]) -> Any:
+        if self.info.name == "multivariate":
+            return np.array([[features[f] for f in FEATURES]])
+        return [features["streams"]]
+
     def predict(self, features: dict[str, float]) -> Interval:
         """Mean power (W) and its 95 % (or configured) prediction interval for one configuration."""
-        name = self.info.name
-        x: Any = (
-            np.array([[features[f] for f in FEATURES]]) if name == "multivariate" else [features["streams"]]
-        )
-        [interval] = self.predictor.prediction_intervals(x)
+        [interval] = self.predictor.prediction_intervals(self._row(features))
+        return interval
+
+    def predict_mean(self, features: dict[str, float]) -> Interval:
+        """Mean power (W) and the confidence interval of that mean (the regression line's uncertainty)."""
+        [interval] = self.predictor.mean_confidence_intervals(self._row(features))
         return interval
 
     def to_json(self) -> bytes:
@@ -214,6 +220,7 @@ def train(
         residual_std_error=ols.residual_std_error,
         confidence_level=confidence_level,
         coefficients=ols.coefficients(),
+        coefficient_standard_errors=ols.standard_errors(),
         dropped_features=ols.state.dropped,
         candidates=scores,
         trained_at=time.time(),

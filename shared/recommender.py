@@ -1,4 +1,4 @@
-"""Ranking scenarios by an efficiency score: overall, within each output ladder, head to head, summary.
+"""Ranking scenarios by an efficiency score, overall and within each output ladder, and the Pareto front.
 
 Pure functions over :class:`Candidate` rows. Higher scores are better; scenarios without a score rank last
 (in input order among themselves), and ties keep input order.
@@ -51,81 +51,6 @@ def best_per_ladder(candidates: Sequence[Candidate]) -> dict[str, Candidate]:
         if ranked[0].candidate.score is not None:
             best[ladder] = ranked[0].candidate
     return best
-
-
-def top(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
-    """The ``n`` best scored candidates."""
-    return [r.candidate for r in rank(candidates) if r.candidate.score is not None][: max(n, 0)]
-
-
-@dataclass(frozen=True)
-class Comparison:
-    winner: Candidate | None
-    loser: Candidate | None
-    #: winner score / loser score (None when either is missing or the loser's is not positive).
-    ratio: float | None
-    justification: str
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def compare(a: Candidate, b: Candidate) -> Comparison:
-    """Head to head, with one sentence that says why, in the scores' own unit (B-P4: the old text always
-    said "Mbps/W")."""
-    if a.unit != b.unit:
-        return Comparison(
-            None, None, None, f"'{a.name}' ({a.unit}) and '{b.name}' ({b.unit}) are scored in different units"
-        )
-    if a.score is None or b.score is None:
-        missing = [c.name for c in (a, b) if c.score is None]
-        return Comparison(None, None, None, "no score for " + " and ".join(f"'{m}'" for m in missing))
-    winner, loser = (a, b) if a.score >= b.score else (b, a)
-    assert winner.score is not None and loser.score is not None
-    if winner.score == loser.score:
-        return Comparison(
-            None, None, 1.0, f"'{a.name}' and '{b.name}' are equally efficient at {_fmt(a.score)} {a.unit}"
-        )
-    ratio = winner.score / loser.score if loser.score > 0 else None
-    times = f"{ratio:.2f}x" if ratio is not None else "more than"
-    return Comparison(
-        winner,
-        loser,
-        ratio,
-        f"'{winner.name}' is more efficient: {_fmt(winner.score)} {winner.unit}, {times} "
-        f"'{loser.name}' at {_fmt(loser.score)} {loser.unit}",
-    )
-
-
-@dataclass(frozen=True)
-class Summary:
-    best: Candidate | None
-    top5: list[Candidate]
-    total: int
-    scored: int
-    unscored: int
-    #: (min, max) of the scores, None without any.
-    efficiency_range: tuple[float, float] | None
-    #: (min, max) of mean power W, None without any.
-    power_range_w: tuple[float, float] | None
-    unit: str | None
-
-
-def summarize(candidates: Sequence[Candidate]) -> Summary:
-    scores = [c.score for c in candidates if c.score is not None]
-    powers = [c.mean_power_w for c in candidates if c.mean_power_w is not None]
-    best = top(candidates, 1)
-    return Summary(
-        best=best[0] if best else None,
-        top5=top(candidates, 5),
-        total=len(candidates),
-        scored=len(scores),
-        unscored=len(candidates) - len(scores),
-        efficiency_range=(min(scores), max(scores)) if scores else None,
-        power_range_w=(min(powers), max(powers)) if powers else None,
-        unit=candidates[0].unit if candidates else None,
-    )
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

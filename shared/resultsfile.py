@@ -38,7 +38,6 @@ import msgspec
 from shared.schemas import ErrorEvent, Output, ResultsFile, Samples, Scenario, Telemetry
 
 #: The file names the benchmark runner writes; anything else in the directory is ignored.
-RESULTS_GLOB = "test_results_*.json"
 # DOTALL and fullmatch: a name with a newline in it is still a results file ("$" alone would also accept a
 # name that merely ends in ".json\n").
 _NAME_RE = re.compile(r"test_results_.*\.json", re.DOTALL)

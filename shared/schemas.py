@@ -313,6 +313,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     runs: list[str] = []
     #: Feature -> [min, max] over the training points: a prediction outside is an extrapolation.
     feature_ranges: dict[str, list[float]] = {}
+    #: Standard error of each coefficient, in the coefficients' units (None: too few points to estimate).
+    coefficient_standard_errors: dict[str, float] | None = None
 
 
 class ModelingScenario(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -441,6 +443,10 @@ class PredictResponse(msgspec.Struct, kw_only=True):
     confidence_level: float
     features: dict[str, float]
     model: ModelInfo
+    #: Confidence interval of the mean: where the model's expected power for this configuration lies, W
+    #: (narrower than the prediction interval, which is where one new run is expected to fall).
+    mean_interval_low_w: float | None = None
+    mean_interval_high_w: float | None = None
     #: Energy of one hour at the predicted mean power, Wh (= W x 1 h), with the interval's ends.
     energy_wh_per_hour: float | None = None
     energy_wh_per_hour_low: float | None = None

@@ -55,20 +55,6 @@ class ResolvedTelemetry:
     #: NVENC encoder utilisation, % (DCGM ``DCGM_FI_DEV_ENC_UTIL``).
     gpu_encoder_percent: SampledSeries | None = None
 
-    @property
-    def has_any(self) -> bool:
-        return any(
-            x is not None
-            for x in (
-                self.package_power_w,
-                self.cost_power_w,
-                self.cpu_cores,
-                self.container_cpu_percent,
-                self.energy_j,
-                self.summary_mean_power_w,
-            )
-        )
-
     def energy_or_integral_j(self) -> float | None:
         """Measured energy, or the integral of package power when no energy figure exists, J."""
         return self.energy_j if self.energy_j is not None else integrate(self.package_power_w)

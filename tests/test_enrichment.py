@@ -259,7 +259,13 @@ def test_precedence_block_then_legacy_then_prometheus() -> None:
     only_prom = resolve(Scenario(name="x"), prom)
     assert only_prom.energy_j == 999.0 and only_prom.sources == ("prometheus",)
     assert integrate(only_prom.package_power_w) == integrate(SampledSeries.timed([0.0, 5.0], [50.0, 50.0]))
-    assert not resolve(Scenario(name="x")).has_any
+    empty = resolve(Scenario(name="x"))
+    assert (empty.package_power_w, empty.cost_power_w, empty.cpu_cores, empty.energy_j) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 async def test_ingest_enriches_before_publishing(

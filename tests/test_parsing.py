@@ -15,7 +15,6 @@ from shared.parsing import (
     ResolutionError,
     encoder_kind,
     find_baseline,
-    format_bitrate,
     frame_rate,
     is_baseline,
     output_ladder_id,
@@ -72,13 +71,6 @@ def test_bitrate_parser_raises_only_its_own_error(value: object) -> None:
     except BitrateError:
         return
     assert math.isfinite(result) and result >= 0
-
-
-@given(st.integers(min_value=0, max_value=10**9))
-def test_bitrate_canonical_form_round_trips(kbps: int) -> None:
-    text = format_bitrate(kbps / 1000)
-    assert text == f"{kbps}k"
-    assert parse_bitrate_mbps(text) == pytest.approx(kbps / 1000, rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,9 @@ from hypothesis import strategies as st
 from shared.recommender import (
     Candidate,
     best_per_ladder,
-    compare,
     pareto_front,
     rank,
     rank_by_ladder,
-    summarize,
-    top,
 )
 from shared.schemas import Output, Scenario
 from shared.scoring import (
@@ -179,31 +176,6 @@ class TestRecommender:
             "1280x720@30": "c",
             "1920x1080@30": "d",
         }
-
-    def test_top(self) -> None:
-        assert [x.name for x in top(CANDIDATES, 3)] == ["c", "e", "d"]
-        assert [x.name for x in top(CANDIDATES, 10)] == ["c", "e", "d", "a", "f"]
-
-    def test_compare_speaks_the_scores_unit(self) -> None:
-        result = compare(c("slow", 0.5), c("fast", 2.0))
-        assert result.winner is not None and result.winner.name == "fast"
-        assert result.ratio == 4.0
-        assert result.justification == "'fast' is more efficient: 2 Mbps/W, 4.00x 'slow' at 0.5 Mbps/W"
-        pj = compare(Candidate("x", 552960.0, "pixels/J"), Candidate("y", 276480.0, "pixels/J"))
-        assert "pixels/J" in pj.justification and "Mbps/W" not in pj.justification
-        assert compare(c("a", 1.0), Candidate("b", 1.0, "pixels/J")).winner is None
-        assert compare(c("a", None), c("b", 1.0)).justification == "no score for 'a'"
-        assert compare(c("a", 1.0), c("b", 1.0)).ratio == 1.0
-
-    def test_summary(self) -> None:
-        summary = summarize(CANDIDATES)
-        assert summary.best is not None and summary.best.name == "c"
-        assert [x.name for x in summary.top5] == ["c", "e", "d", "a", "f"]
-        assert (summary.total, summary.scored, summary.unscored) == (7, 5, 2)
-        assert summary.efficiency_range == (0.2, 2.0)
-        assert summary.power_range_w == (5.0, 19.0)
-        empty = summarize([])
-        assert empty.best is None and empty.efficiency_range is None
 
 
 def dominated_brute_force(points: list[tuple[float, float]]) -> list[int]:

@@ -197,11 +197,14 @@ def predict_response(model: PowerModel, features: dict[str, float]) -> PredictRe
     """The model's answer for one configuration: mean power W with its prediction interval, the energy of
     one hour at that power (Wh = W x 1 h), and a warning per feature outside the trained range."""
     interval = model.predict(features)
+    mean = model.predict_mean(features)
     ranges = {name: (bounds[0], bounds[1]) for name, bounds in model.info.feature_ranges.items()}
     return PredictResponse(
         mean_power_w=interval.mean,
         prediction_interval_low_w=interval.low,
         prediction_interval_high_w=interval.high,
+        mean_interval_low_w=mean.low,
+        mean_interval_high_w=mean.high,
         confidence_level=interval.confidence_level,
         features=features,
         model=model.info,
