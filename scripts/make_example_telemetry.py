@@ -2,9 +2,8 @@
 
 The benchmark file itself has only metadata and start/end times. Its measured per-scenario figures (one row
 per scenario with ``name``, ``mean_power_w`` and ``container_cpu_pct``) were recorded in a companion
-``test_results_20251228_203216_analysis.csv`` when the run was analysed. Neither input ships with this
-repository, only the file this script wrote from them (``examples/``, what ``make run`` seeds
-``./test_results`` with). This script turns those figures into a ``telemetry`` block per scenario so that the
+``test_results_20251228_203216_analysis.csv`` when the run was analysed; both ship in ``tests/data/``. The
+file this script writes goes to ``examples/`` (what ``make run`` seeds ``./test_results`` with). This script turns those figures into a ``telemetry`` block per scenario so that the
 system shows realistic numbers without Prometheus:
 
 * ``power_watts``: package power every 5 s whose arithmetic mean is exactly the measured ``mean_power_w``
@@ -13,8 +12,8 @@ system shows realistic numbers without Prometheus:
 * ``container_cpu_percent``: constant at the measured ``container_cpu_pct``;
 * ``cpu_usage_cores``: container CPU % / 100 (cores busy), every 5 s.
 
-Run: ``python scripts/make_example_telemetry.py DIR``, where DIR holds the original
-``test_results_20251228_203216.json`` and its ``_analysis.csv``.
+Run: ``python scripts/make_example_telemetry.py [DIR]``, where DIR (default ``tests/data``) holds the
+original ``test_results_20251228_203216.json`` and its ``_analysis.csv``.
 """
 
 from __future__ import annotations
@@ -58,5 +57,6 @@ def main(reference: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    ref = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("../shared/reference/examples")
-    main(ref, Path(__file__).resolve().parent.parent / "examples" / f"{RUN}.json")
+    repo = Path(__file__).resolve().parent.parent
+    ref = Path(sys.argv[1]) if len(sys.argv) > 1 else repo / "tests" / "data"
+    main(ref, repo / "examples" / f"{RUN}.json")

@@ -292,8 +292,10 @@ class Gateway:
 
     async def _poll_lag(self) -> None:
         for kind in self.kinds:
+            # A derived kind consumes the results it needs, the others the ingested runs.
+            stream = subjects.RESULTS_STREAM if kind.needs else subjects.INGEST_STREAM
             try:
-                info = await self.js.consumer_info(subjects.INGEST_STREAM, kind.name)
+                info = await self.js.consumer_info(stream, kind.name)
             except NotFoundError:
                 continue
             self.lag[kind.name] = (int(info.num_pending or 0), int(info.num_ack_pending or 0))
