@@ -47,6 +47,8 @@ _READY_TIMEOUT_SECONDS = 60.0
 _BACKOFF_MAX_SECONDS = 30.0
 #: A service that ran this long before failing starts its backoff afresh.
 _HEALTHY_RUN_SECONDS = 60.0
+#: The gateway's listener ports (a 0 is replaced by the port the listener got).
+_PORTS = ("metrics_port", "results_port", "qoe_port", "cost_port")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,7 +302,11 @@ async def _supervise(item: Supervised, stop: asyncio.Event, started: asyncio.Eve
 
 
 async def run_in_process(
-    args: argparse.Namespace, values: dict[str, str], names: list[str], nats_url: str, banner: list[str]
+    args: argparse.Namespace,
+    values: dict[str, str],
+    names: list[str],
+    nats_url: str,
+    banner: Callable[[argparse.Namespace], list[str]],
 ) -> int:
     from shared import bus
 
@@ -326,7 +332,19 @@ async def run_in_process(
             exit_code = 1
         elif waiting in done:
             started.set()
-            print("transcode-energy is up:", *banner, "Press Ctrl-C to stop.", "ready", sep="\n", flush=True)
+            # The gateway wrote the ports it really listens on (0 asks for a free one) into its settings.
+            gateway = next((i.args for i in items if i.spec.name == "exporter"), args)
+            shown = argparse.Namespace(
+                **{**vars(args), **{k: getattr(gateway, k) for k in _PORTS if hasattr(gateway, k)}}
+            )
+            print(
+                "transcode-energy is up:",
+                *banner(shown),
+                "Press Ctrl-C to stop.",
+                "ready",
+                sep="\n",
+                flush=True,
+            )
         else:
             waiting.cancel()
             slow = [i.spec.name for i in items if not i.ready.is_set()]
@@ -389,7 +407,11 @@ def _gateway_ready(url: str) -> bool:
 
 
 def run_processes(
-    args: argparse.Namespace, values: dict[str, str], names: list[str], nats_url: str, banner: list[str]
+    args: argparse.Namespace,
+    values: dict[str, str],
+    names: list[str],
+    nats_url: str,
+    banner: Callable[[argparse.Namespace], list[str]],
 ) -> int:
     stopping = False
 
@@ -406,7 +428,7 @@ def run_processes(
     try:
         for child in children:
             _start(child)
-        print("transcode-energy is up:", *banner, "Press Ctrl-C to stop.", sep="\n", flush=True)
+        print("transcode-energy is up:", *banner(args), "Press Ctrl-C to stop.", sep="\n", flush=True)
         while not stopping:
             time.sleep(0.2)
             if not announced and (ready_url is None or _gateway_ready(ready_url)):
@@ -458,7 +480,10 @@ def run(args: argparse.Namespace) -> int:
         nats_proc, nats_url = start_embedded_nats(Path(args.data_dir), args.nats_port)
     values = service_env(up_parser, args, nats_url)
     mode = "one process per service" if args.processes else "every service in this process"
-    banner = describe(args, nats_url, nats_proc is not None, names, mode)
+
+    def banner(shown: argparse.Namespace) -> list[str]:
+        return describe(shown, nats_url, nats_proc is not None, names, mode)
+
     data_dir = Path(args.data_dir)
     metrics_url = f"http://{args.bind}:{args.metrics_port}/metrics" if args.metrics_port else None
     write_endpoint(data_dir, nats_url, metrics_url)

@@ -29,7 +29,7 @@ def scenarios() -> list[Scenario]:
 
 
 def test_the_example_and_its_test_copy_are_the_same_file() -> None:
-    assert (EXAMPLES / NAME).read_bytes() == (DATA / NAME).read_bytes()
+    assert (EXAMPLES / "distributed-runner" / NAME).read_bytes() == (DATA / NAME).read_bytes()
 
 
 def test_go_shaped_file_decodes() -> None:

@@ -310,10 +310,16 @@ class Gateway:
         self._dirty.set()
         loop = asyncio.get_running_loop()
         next_lag = 0.0
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                # Woken by any change; otherwise only when the consumer lag is due.
-                await asyncio.wait_for(self._dirty.wait(), timeout=max(0.05, next_lag - loop.time()))
+            # Woken by any change or a stop; otherwise only when the consumer lag is due.
+            changed = asyncio.ensure_future(self._dirty.wait())
+            await asyncio.wait(
+                {changed, stopping}, timeout=max(0.05, next_lag - loop.time()), return_when="FIRST_COMPLETED"
+            )
+            changed.cancel()
+            if stop.is_set():
+                break
             self._dirty.clear()
             try:
                 pending = self.state.needs_scenarios()
@@ -330,6 +336,7 @@ class Gateway:
                 await asyncio.sleep(0.5)
                 self._dirty.set()
             await self.rebuild()
+        stopping.cancel()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()  # type: ignore[attr-defined]
@@ -365,6 +372,8 @@ def start_listeners(gateway: Gateway, args: argparse.Namespace) -> dict[str, Sta
                     f"exporter: cannot listen on {args.bind}:{ports[name]} ({name} listener): {exc.strerror}"
                 ) from None
             servers[name] = server.start()
+            # Asked for port 0 (any free one): record the real one, for `up`'s banner.
+            setattr(args, f"{name}_port", server.port)
             log.info("%s listener on http://%s:%d/metrics", name, args.bind, server.port)
     except BaseException:
         for server in servers.values():
