@@ -149,6 +149,13 @@ def run() -> list[Row]:
             SERVICE_TARGET_S,
         ),
         Row(
+            "advisor: recommend, first answer (run not yet in memory)",
+            recommend[0],
+            1,
+            "reads 100 scenario messages and 4 results",
+            SERVICE_TARGET_S,
+        ),
+        Row(
             "advisor: report md, 100 scenarios (service, NATS round trip)",
             statistics.median(report),
             len(report),

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -67,6 +68,8 @@ from shared.schemas import (
 log = logging.getLogger("advisor")
 
 VERSION = "0.2.0"
+#: Runs whose scenarios and results the advisor keeps in memory (the ones being asked about).
+BUNDLES_KEPT = 4
 #: How long the advisor waits for the modeling service's prediction.
 PREDICT_TIMEOUT_S = 5.0
 
@@ -118,6 +121,8 @@ class Advisor:
         self.generations: dict[tuple[str, str], int] = {}
         self.service: Service | None = None
         self._subs: list[Any] = []
+        #: (digest, generation) -> bundle, least recently used first.
+        self._bundles: OrderedDict[tuple[str, int], Bundle] = OrderedDict()
 
     # -- the advice kind ---------------------------------------------------------------------------------
 
@@ -149,6 +154,9 @@ class Advisor:
             envelope = self._envelope.decode(msg.data)
             key = (kind, envelope.digest)
             self.generations[key] = max(self.generations.get(key, 0), envelope.generation)
+            # A new or recomputed result: the run's kept bundle is stale.
+            for cached in [k for k in self._bundles if k[0] == envelope.digest]:
+                del self._bundles[cached]
 
     async def _on_deleted(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):
@@ -225,14 +233,25 @@ class Advisor:
         return manifest
 
     async def bundle(self, run_id: str | None) -> Bundle:
+        """The run with its scenarios and results. Read once per run generation and kept (a few runs): the
+        scenarios of a generation never change, and a newly published result drops its run's entry."""
         manifest = self._manifest(run_id)
+        key = (manifest.digest, manifest.generation)
+        cached = self._bundles.get(key)
+        if cached is not None:
+            self._bundles.move_to_end(key)
+            return cached
         scenarios = await load_scenarios(self.js, manifest)
         results: dict[str, ResultEnvelope] = {}
         for name, decoder in self._decoders.items():
             found = await load_result(self.js, name, manifest.digest, decoder)
             if found is not None and found.generation == manifest.generation:
                 results[name] = found
-        return Bundle(manifest, scenarios, results)
+        bundle = Bundle(manifest, scenarios, results)
+        self._bundles[key] = bundle
+        while len(self._bundles) > BUNDLES_KEPT:
+            self._bundles.popitem(last=False)
+        return bundle
 
     def _advice(self, bundle: Bundle, min_vmaf: float | None) -> AdviceResult:
         stored = bundle.result("advice", AdviceResult)
