@@ -430,7 +430,7 @@ def run_processes(
             _start(child)
         print("transcode-energy is up:", *banner(args), "Press Ctrl-C to stop.", sep="\n", flush=True)
         while not stopping:
-            time.sleep(0.2)
+            time.sleep(1.0)  # children are supervised at 1 Hz: restart latency, not a busy loop
             if not announced and (ready_url is None or _gateway_ready(ready_url)):
                 print("ready", flush=True)
                 announced = True
