@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from shared import subjects
-from shared.config import flag, positive_float, redact_url
+from shared.config import flag, positive_float
 from shared.discovery import find_nats_url
 
 T = TypeVar("T")
@@ -52,20 +52,11 @@ class ClientError(Exception):
 
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection")
+    from shared import bus
+
+    bus.add_nats_flags(parser)  # the services' own connection flags: URL list, credentials, TLS
     flag(
-        group,
-        "--nats-url",
-        env="NATS_URL",
-        default=None,
-        help="NATS server URL (default: the running 'transcode-energy up', else nats://127.0.0.1:4222)",
-    )
-    flag(group, "--nats-user", env="NATS_USER", default=None, help="NATS user name")
-    flag(group, "--nats-password", env="NATS_PASSWORD", default=None, help="NATS password", secret=True)
-    flag(group, "--nats-token", env="NATS_TOKEN", default=None, help="NATS auth token", secret=True)
-    flag(group, "--nats-creds", env="NATS_CREDS", default=None, help="NATS credentials (.creds) file")
-    flag(
-        group,
+        parser,
         "--timeout",
         env="CLIENT_TIMEOUT",
         default=10.0,
@@ -157,36 +148,41 @@ class Session:
 
 
 async def connect(args: argparse.Namespace) -> Session:
-    import nats
+    """Connect once (no reconnects: a command either gets its answer or says why), within ``--timeout``."""
+    from shared import bus
 
-    url, origin = find_nats_url(args.nats_url)
-    options: dict[str, Any] = {
-        "servers": [url],
-        "connect_timeout": min(args.timeout, 5.0),
-        "allow_reconnect": False,
-        "max_reconnect_attempts": 0,
-        "name": "transcode-energy-cli",
-    }
-    for key, value in (
-        ("user", args.nats_user),
-        ("password", args.nats_password),
-        ("token", args.nats_token),
-        ("user_credentials", args.nats_creds),
-    ):
-        if value:
-            options[key] = value
-
-    async def quiet(_: Exception) -> None:
-        return None
-
-    options["error_cb"] = quiet
+    config = bus.nats_config_from_args(args)
+    _, origin = find_nats_url(args.nats_url)
+    # nats-py keeps retrying a refused first connection until our timeout; a plain TCP probe of the
+    # servers says "nothing listens there" at once.
+    if not await _any_listening(config.servers, min(args.timeout, 2.0)):
+        raise ClientError(f"cannot reach NATS at {config.display()} (from {origin}): connection refused")
     try:
-        nc = await asyncio.wait_for(nats.connect(**options), timeout=args.timeout)
-    except (OSError, TimeoutError, Exception) as exc:
+        nc = await asyncio.wait_for(
+            bus.connect(config, name="transcode-energy-cli", max_reconnect_attempts=0, quiet=True),
+            timeout=args.timeout,
+        )
+    except Exception as exc:  # whatever the client raises, the answer is the same: not reachable
         raise ClientError(
-            f"cannot reach NATS at {redact_url(url)} (from {origin}): {type(exc).__name__}"
+            f"cannot reach NATS at {config.display()} (from {origin}): {type(exc).__name__}"
         ) from None
     return Session(nc, args.timeout)
+
+
+async def _any_listening(servers: Sequence[str], wait_s: float) -> bool:
+    from urllib.parse import urlsplit
+
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), wait_s
+            )
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        return True
+    return False
 
 
 async def _progress(label: str) -> None:

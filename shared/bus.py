@@ -116,17 +116,21 @@ def _tls_context(cfg: NatsConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
-    """Connect with reconnects forever (a NATS outage pauses work; it must not end the process)."""
+async def connect(
+    cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1, quiet: bool = False
+) -> NATS:
+    """Connect with reconnects forever (a NATS outage pauses work; it must not end the process).
+    ``quiet``: a one-shot client that reports failures itself (no connection log lines)."""
 
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS error: %s", type(exc).__name__ if cfg.password or cfg.token else exc)
+        if not quiet:
+            log.warning("NATS error: %s", type(exc).__name__ if cfg.password or cfg.token else exc)
 
     client: list[NATS] = []
 
     async def on_disconnected() -> None:
         # A clean stop (drain, close) disconnects too: that is no warning.
-        if client and (client[0].is_closed or client[0].is_draining):
+        if quiet or (client and (client[0].is_closed or client[0].is_draining)):
             return
         log.warning("disconnected from NATS")
 
@@ -139,7 +143,7 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
         "connect_timeout": cfg.connect_timeout,
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_time_wait": 1,
-        "allow_reconnect": True,
+        "allow_reconnect": max_reconnect_attempts != 0,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
@@ -157,7 +161,8 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
         options["tls"] = tls
     nc = await nats.connect(**options)
     client.append(nc)
-    log.info("connected to NATS at %s", cfg.display())
+    if not quiet:
+        log.info("connected to NATS at %s", cfg.display())
     return nc
 
 
