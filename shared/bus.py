@@ -12,13 +12,15 @@ import contextlib
 import logging
 import signal
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -29,6 +31,7 @@ from shared.config import flag, positive_float, redact_url
 from shared.discovery import find_nats_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Errors that mean "NATS is unavailable right now": retry later, never treat the input as bad.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError, OSError)
@@ -136,6 +139,12 @@ async def connect(
 
     async def on_reconnected() -> None:
         log.info("reconnected to NATS")
+        if client:
+            for hook in list(_RECONNECT_HOOKS.get(client[0], ())):
+                try:
+                    hook()
+                except Exception:  # one hook must not keep the others from running
+                    log.exception("reconnect hook failed")
 
     options: dict[str, Any] = {
         "servers": cfg.servers,
@@ -164,6 +173,63 @@ async def connect(
     if not quiet:
         log.info("connected to NATS at %s", cfg.display())
     return nc
+
+
+#: What each client re-creates after a reconnect (see :func:`on_reconnect`).
+_RECONNECT_HOOKS: weakref.WeakKeyDictionary[NATS, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
+
+
+def on_reconnect(nc: NATS, hook: Callable[[], None]) -> Callable[[], None]:
+    """Call ``hook`` (quick and synchronous: it schedules its own work) each time ``nc`` reconnects; returns
+    the function that removes it. Only clients made by :func:`connect` report reconnects.
+
+    The NATS client replays core subscriptions by itself, but what lives in the server's memory is gone after
+    a restart: pull requests in flight and ordered (ephemeral, memory) consumers. Waiting for them to time out
+    costs up to a fetch wait or two missed idle heartbeats; reacting to the reconnect costs nothing while idle.
+    """
+    hooks = _RECONNECT_HOOKS.setdefault(nc, [])
+    hooks.append(hook)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            hooks.remove(hook)
+
+    return remove
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retrying while JetStream is not ready
+# ---------------------------------------------------------------------------------------------------------
+
+#: How long start-up waits for JetStream to accept the topology (a cluster may still be electing leaders).
+TOPOLOGY_RETRY_SECONDS = 60.0
+#: Answers that mean "JetStream is not ready yet" (no meta leader, stream leader being elected, restarting).
+NOT_READY_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+async def retry_not_ready(
+    what: str, operation: Callable[[], Awaitable[T]], *, budget: float = TOPOLOGY_RETRY_SECONDS
+) -> T:
+    """``await operation()``, retried with backoff (0.25 s doubling to 5 s) for up to ``budget`` seconds while
+    JetStream answers with timeouts or 'unavailable'; the last error is raised once the budget is spent. Every
+    start-up step that talks to JetStream goes through here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    delay = 0.25
+    while True:
+        try:
+            return await operation()
+        except NOT_READY_ERRORS as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("JetStream not ready (%s); retrying %s in %.1fs", type(exc).__name__, what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,6 +295,16 @@ class BucketUpdateError(RuntimeError):
 async def ensure_kv(
     js: JetStreamContext, bucket: str, *, history: int = 1, replicas: int = 1, max_bytes: int | None = None
 ) -> KeyValue:
+    """:func:`_ensure_kv`, retried while JetStream is not ready."""
+    return await retry_not_ready(
+        f"KV bucket {bucket}",
+        lambda: _ensure_kv(js, bucket, history=history, replicas=replicas, max_bytes=max_bytes),
+    )
+
+
+async def _ensure_kv(
+    js: JetStreamContext, bucket: str, *, history: int, replicas: int, max_bytes: int | None
+) -> KeyValue:
     """Create the bucket, or bring an existing one to ``history`` and ``replicas`` (and ``max_bytes`` when
     given; ``None`` keeps whatever limit the bucket has).
 
@@ -274,7 +350,8 @@ async def ensure_pull_consumer(
     ack_wait: float = 120.0,
     max_deliver: int = 10,
 ) -> None:
-    """A durable pull consumer shared by every replica of one worker type, so replicas split the work."""
+    """A durable pull consumer shared by every replica of one worker type, so replicas split the work.
+    Retried while JetStream is not ready."""
     config = js_api.ConsumerConfig(
         durable_name=durable,
         filter_subject=filter_subject,
@@ -283,29 +360,98 @@ async def ensure_pull_consumer(
         ack_wait=ack_wait,
         max_deliver=max_deliver,
     )
-    await js.add_consumer(stream, config)
-
-
-#: How long start-up waits for JetStream to accept the topology (a cluster may still be electing leaders).
-TOPOLOGY_RETRY_SECONDS = 60.0
+    await retry_not_ready(f"consumer {durable}", lambda: js.add_consumer(stream, config))
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     """Every stream, created or brought to this configuration. Retried with backoff while JetStream is not
     ready (a cluster electing its meta leader answers with timeouts or 'unavailable')."""
-    deadline = asyncio.get_running_loop().time() + TOPOLOGY_RETRY_SECONDS
-    delay = 0.25
-    while True:
-        try:
-            for config in stream_configs(replicas):
-                await ensure_stream(js, config)
-            return
-        except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise
-            log.warning("JetStream not ready (%s); retrying the topology in %.1fs", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+    async def create() -> None:
+        for config in stream_configs(replicas):
+            await ensure_stream(js, config)
+
+    await retry_not_ready("the topology", create)
+
+
+class OrderedReplay:
+    """An ordered consumer that replays ``subject`` from its first message into ``handler`` and survives
+    server restarts.
+
+    Ordered consumers are ephemeral and kept in the server's memory: a restarted server has forgotten them,
+    and the NATS client notices only after two missed idle heartbeats (10 s or more). On every reconnect this
+    one resubscribes at once from the stream sequence after the last message it handled, so nothing is
+    missed and nothing is handled twice. Subscribing is retried while JetStream is not ready."""
+
+    def __init__(
+        self, nc: NATS, subject: str, handler: Callable[[Msg], Awaitable[None]], *, name: str | None = None
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.subject = subject
+        self.handler = handler
+        self.name = name or subject
+        #: Stream sequence of the last message handled (0: none yet).
+        self.last_seq = 0
+        self.sub: JetStreamContext.PushSubscription | None = None
+        self._lock = asyncio.Lock()
+        self._remove_hook: Callable[[], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _on_msg(self, msg: Msg) -> None:
+        await self.handler(msg)
+        with contextlib.suppress(Exception):
+            self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
+
+    async def _subscribe(self) -> None:
+        if self.last_seq:
+            policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+            config = js_api.ConsumerConfig(opt_start_seq=self.last_seq + 1)
+        else:
+            policy, config = js_api.DeliverPolicy.ALL, js_api.ConsumerConfig()
+        self.sub = await self.js.subscribe(
+            self.subject, cb=self._on_msg, ordered_consumer=True, deliver_policy=policy, config=config
+        )
+
+    async def start(self) -> JetStreamContext.PushSubscription:
+        async with self._lock:
+            await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
+        self._remove_hook = on_reconnect(self.nc, self._on_reconnect)
+        assert self.sub is not None
+        return self.sub
+
+    def _on_reconnect(self) -> None:
+        if not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            old, self.sub = self.sub, None
+            if old is not None:
+                # Stops its callbacks and heartbeat checks; what it had queued but not handled comes again.
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
+            try:
+                await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
+            except Exception as exc:
+                log.error("could not resubscribe to %s after a reconnect: %s", self.name, exc)
+                return
+        log.info("resubscribed to %s from stream sequence %d", self.name, self.last_seq + 1)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._remove_hook is not None:
+            self._remove_hook()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -336,19 +337,47 @@ class RunWorker:
             self.js, stream, self.kind, source, ack_wait=ACK_WAIT_S, max_deliver=self.max_deliver
         )
         sub = await self.js.pull_subscribe_bind(self.kind, stream=stream)
+        # A restarted server has forgotten the pull request in flight: on a reconnect the long poll is
+        # re-issued at once instead of waiting out its FETCH_WAIT_S.
+        reconnected = asyncio.Event()
+        remove_hook = bus.on_reconnect(self.nc, reconnected.set)
         self.ready.set()
         log.info("%s worker consuming %s as durable %r", self.kind, source, self.kind)
         stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await self._consume(sub, stop, stopping, reconnected)
+        finally:
+            remove_hook()
+            stopping.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _consume(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stop: asyncio.Event,
+        stopping: asyncio.Future[Any],
+        reconnected: asyncio.Event,
+    ) -> None:
         while not stop.is_set():
             # A long poll (one pull request every FETCH_WAIT_S while idle) keeps an idle worker idle; a stop
-            # does not wait for it.
+            # does not wait for it, and a reconnect re-issues it.
+            reconnected.clear()
             fetching = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
-            await asyncio.wait({fetching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            reconnecting = asyncio.ensure_future(reconnected.wait())
+            waiting: set[asyncio.Future[Any]] = {fetching, stopping, reconnecting}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            reconnecting.cancel()
             if not fetching.done():
+                # A message the cancelled request brings later waits in the subscription's queue, where
+                # the next fetch takes it first.
                 fetching.cancel()
                 with contextlib.suppress(BaseException):
                     await fetching
-                break
+                if stop.is_set():
+                    break
+                log.info("%s: reconnected; pulling again", self.kind)
+                continue
             try:
                 messages = fetching.result()
             except (TimeoutError, nats.errors.TimeoutError):
@@ -360,9 +389,6 @@ class RunWorker:
                 continue
             for msg in messages:
                 await self.handle(msg)
-        stopping.cancel()
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 async def run_worker_service(

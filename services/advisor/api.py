@@ -28,12 +28,11 @@ import nats.micro
 from msgspec.structs import replace
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 from nats.micro.request import Request
 from nats.micro.service import Service
 
 from services.advisor.kind import AdviceSettings, advice_for
-from shared import subjects
+from shared import bus, subjects
 from shared.advice import recommend
 from shared.comparison import RunData, compare_runs
 from shared.kinds import Kind
@@ -120,7 +119,7 @@ class Advisor:
         self.manifests: dict[str, RunManifest] = {}
         self.generations: dict[tuple[str, str], int] = {}
         self.service: Service | None = None
-        self._subs: list[Any] = []
+        self._subs: list[bus.OrderedReplay] = []
         #: (digest, generation) -> bundle, least recently used first.
         self._bundles: OrderedDict[tuple[str, int], Bundle] = OrderedDict()
 
@@ -133,9 +132,8 @@ class Advisor:
         if self.service is not None:
             with contextlib.suppress(Exception):
                 await self.service.stop()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for replay in self._subs:
+            await replay.close()
 
     # -- the index of runs -------------------------------------------------------------------------------
 
@@ -171,11 +169,10 @@ class Advisor:
             (f"{subjects.RESULTS}.>", self._on_result),
             (subjects.RUN_DELETED, self._on_deleted),
         ):
-            self._subs.append(
-                await self.js.subscribe(
-                    subject, cb=handler, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
-                )
-            )
+            # Resubscribes by itself after a reconnect (a restarted server forgot its ordered consumers).
+            replay = bus.OrderedReplay(self.nc, subject, handler)
+            self._subs.append(replay)
+            await replay.start()
         self.service = await nats.micro.add_service(
             self.nc,
             name=subjects.MICRO_ADVISOR_SERVICE,

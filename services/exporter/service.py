@@ -27,7 +27,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -177,7 +176,7 @@ class Gateway:
         self._served_ready = False
         #: The kinds' families and the state version they were built from.
         self._groups: tuple[int, dict[str, list[Family]]] | None = None
-        self._subs: list[object] = []
+        self._subs: list[bus.OrderedReplay] = []
 
     # -- readiness ---------------------------------------------------------------------------------------
 
@@ -262,14 +261,11 @@ class Gateway:
         self._mark("events", msg)
 
     async def _replay(self, name: str, subject: str, handler: Callable[[Msg], Awaitable[None]]) -> None:
-        sub = await self.js.subscribe(
-            subject,
-            cb=handler,
-            ordered_consumer=True,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-        )
-        self._subs.append(sub)
-        info = await sub.consumer_info()
+        # Resubscribes by itself after a reconnect (a restarted server has forgotten ordered consumers).
+        replay = bus.OrderedReplay(self.nc, subject, handler, name=f"{name} ({subject})")
+        self._subs.append(replay)
+        sub = await replay.start()
+        info = await bus.retry_not_ready(f"the {name} consumer", sub.consumer_info)
         if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             self._caught_up[name] = True
         else:
@@ -337,9 +333,8 @@ class Gateway:
                 self._dirty.set()
             await self.rebuild()
         stopping.cancel()
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()  # type: ignore[attr-defined]
+        for replay in self._subs:
+            await replay.close()
 
 
 def start_listeners(gateway: Gateway, args: argparse.Namespace) -> dict[str, StatusServer]:

@@ -472,6 +472,14 @@ class IngestService:
         self._wake: dict[Path, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._read_slots = asyncio.Semaphore(settings.read_concurrency)
+        #: Set (and replaced by a fresh one) on every NATS reconnect: a publish pausing between attempts
+        #: tries again at once instead of sleeping out its backoff.
+        self._reconnected = asyncio.Event()
+
+    def on_reconnect(self) -> None:
+        """Wake every publish waiting to retry (register with :func:`shared.bus.on_reconnect`)."""
+        woken, self._reconnected = self._reconnected, asyncio.Event()
+        woken.set()
 
     # -- file checks -----------------------------------------------------------------------------------------
 
@@ -552,6 +560,7 @@ class IngestService:
         enriched: list[Telemetry | None] | None = None
         enriched_done = False
         while True:
+            reconnected = self._reconnected  # a reconnect during this attempt shortens the pause after it
             try:
                 if not enriched_done:
                     enriched = await self._enrich(run)
@@ -562,12 +571,13 @@ class IngestService:
                     raise
                 self.metrics.publish_retries.inc()
                 log.warning(
-                    "publishing %s failed (%s); retrying in %.1fs",
+                    "publishing %s failed (%s); retrying in %.1fs or on a reconnect",
                     printable(run.file_name),
                     type(exc).__name__,
                     delay,
                 )
-                await asyncio.sleep(delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reconnected.wait(), timeout=delay)
                 delay = min(delay * 2, self.settings.publish_retry_max)
                 continue
             break
@@ -1068,6 +1078,7 @@ async def main(args: argparse.Namespace, stop: asyncio.Event, ready: asyncio.Eve
     nc, js, publisher = await open_publisher(bus.nats_config_from_args(args))
     enricher = make_enricher(args, metrics)
     service = IngestService(settings, publisher, js, metrics, enricher)
+    bus.on_reconnect(nc, service.on_reconnect)
     health: asyncio.Future[None] | None = None
     if enricher is not None and args.telemetry_health_interval > 0:
         health = asyncio.ensure_future(
