@@ -375,13 +375,19 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 class OrderedReplay:
-    """An ordered consumer that replays ``subject`` from its first message into ``handler`` and survives
-    server restarts.
+    """Replays ``subject`` from its first message into ``handler``, in stream order, and survives server
+    restarts.
 
-    Ordered consumers are ephemeral and kept in the server's memory: a restarted server has forgotten them,
-    and the NATS client notices only after two missed idle heartbeats (10 s or more). On every reconnect this
-    one resubscribes at once from the stream sequence after the last message it handled, so nothing is
-    missed and nothing is handled twice. Subscribing is retried while JetStream is not ready."""
+    It is an ephemeral *pull* consumer with a long poll, not nats-py's ordered push consumer: that one keeps a
+    flow-control task waking four times a second per subscription, so an idle system would not be idle. On
+    every reconnect the consumer (which a restarted server has forgotten) is created again from the stream
+    sequence after the last message handled, so nothing is missed and nothing is handled twice. Creating it
+    is retried while JetStream is not ready."""
+
+    #: How long one idle poll waits for a message (a wake-up per this many seconds when nothing happens).
+    POLL_S = 30.0
+    #: Messages taken per request while catching up.
+    BATCH = 256
 
     def __init__(
         self, nc: NATS, subject: str, handler: Callable[[Msg], Awaitable[None]], *, name: str | None = None
@@ -393,28 +399,55 @@ class OrderedReplay:
         self.name = name or subject
         #: Stream sequence of the last message handled (0: none yet).
         self.last_seq = 0
-        self.sub: JetStreamContext.PushSubscription | None = None
+        self.sub: JetStreamContext.PullSubscription | None = None
         self._lock = asyncio.Lock()
         self._remove_hook: Callable[[], None] | None = None
+        self._pump: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def _on_msg(self, msg: Msg) -> None:
-        await self.handler(msg)
-        with contextlib.suppress(Exception):
-            self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
-
     async def _subscribe(self) -> None:
-        if self.last_seq:
-            policy = js_api.DeliverPolicy.BY_START_SEQUENCE
-            config = js_api.ConsumerConfig(opt_start_seq=self.last_seq + 1)
-        else:
-            policy, config = js_api.DeliverPolicy.ALL, js_api.ConsumerConfig()
-        self.sub = await self.js.subscribe(
-            self.subject, cb=self._on_msg, ordered_consumer=True, deliver_policy=policy, config=config
+        config = js_api.ConsumerConfig(
+            deliver_policy=(
+                js_api.DeliverPolicy.BY_START_SEQUENCE if self.last_seq else js_api.DeliverPolicy.ALL
+            ),
+            opt_start_seq=self.last_seq + 1 if self.last_seq else None,
+            ack_policy=js_api.AckPolicy.ALL,
+            inactive_threshold=300.0,
+            mem_storage=True,
         )
+        self.sub = await self.js.pull_subscribe(self.subject, durable=None, config=config)
+        self._pump = asyncio.get_running_loop().create_task(self._run(self.sub))
 
-    async def start(self) -> JetStreamContext.PushSubscription:
+    async def _handle(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            await self.handler(msg)
+            with contextlib.suppress(Exception):
+                self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await messages[-1].ack()  # AckAll: everything up to here
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        # A pump ends when its subscription is replaced, even if a fetch in flight ignored the cancel.
+        while not self._closed and self.sub is sub:
+            try:
+                messages = await sub.fetch(1, timeout=self.POLL_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS:
+                await asyncio.sleep(1.0)  # a reconnect recreates the consumer and this pump
+                continue
+            await self._handle(messages)
+            while not self._closed and self.sub is sub:  # catch up in batches while messages wait
+                try:
+                    more = await sub.fetch(self.BATCH, timeout=0.2)
+                except TRANSIENT_ERRORS:  # includes the timeout of an empty poll
+                    break
+                await self._handle(more)
+
+    async def start(self) -> JetStreamContext.PullSubscription:
         async with self._lock:
             await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
         self._remove_hook = on_reconnect(self.nc, self._on_reconnect)
@@ -425,15 +458,22 @@ class OrderedReplay:
         if not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._resubscribe())
 
+    async def _stop_pump(self) -> None:
+        pump, self._pump = self._pump, None
+        old, self.sub = self.sub, None
+        if pump is not None and not pump.done():
+            pump.cancel()
+            # Bounded: a fetch in flight on a dead connection may not honour the cancel at once.
+            await asyncio.wait({pump}, timeout=2.0)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.unsubscribe(), timeout=2.0)
+
     async def _resubscribe(self) -> None:
         async with self._lock:
             if self._closed:
                 return
-            old, self.sub = self.sub, None
-            if old is not None:
-                # Stops its callbacks and heartbeat checks; what it had queued but not handled comes again.
-                with contextlib.suppress(Exception):
-                    await old.unsubscribe()
+            await self._stop_pump()
             try:
                 await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
             except Exception as exc:
@@ -449,9 +489,7 @@ class OrderedReplay:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        if self.sub is not None:
-            with contextlib.suppress(Exception):
-                await self.sub.unsubscribe()
+        await self._stop_pump()
 
 
 # ---------------------------------------------------------------------------------------------------------

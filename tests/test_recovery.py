@@ -334,11 +334,14 @@ def test_every_service_consumes_again_soon_after_a_nats_restart(tmp_path: Path) 
         time.sleep(8)  # several failed attempts: ingest's retry pause has grown
         server.start()
         restarted = time.monotonic()
-        done = wait_for(
-            lambda: exported(metrics_port, "test_results_20260103_000002"),
-            60,
-            "the run dropped during the outage exported with every kind",
-        )
+        try:
+            done = wait_for(
+                lambda: exported(metrics_port, "test_results_20260103_000002"),
+                60,
+                "the run dropped during the outage exported with every kind",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{''.join(output)[-6000:]}") from None
         print(f"restart-to-exported, file dropped during the outage: {done - restarted:.1f} s")
         assert done - restarted < 10, "".join(output)
     finally:
