@@ -14,6 +14,10 @@ median / target and a verdict (``ok`` or ``OVER``). ``NAME`` is a module without
   (<= 90 MiB; the old exporters used 384 MiB) and of each standalone service, the ``healthcheck`` probe's
   peak RSS and CPU, ``up``'s idle CPU over 30 s and the latency from a dropped results file to the
   gateway's metrics. ``--quick`` (or ``BENCH_QUICK=1``) starts it once and idles 10 s instead of 30 s.
+* ``throughput``: one process per service with one and with two replicas of each worker kind: 100 runs of 15
+  scenarios dropped at once until every kind's result of every run (target >= 1,000 scenarios/s, shown as
+  <= 1 ms per scenario), one run of 10,000 scenarios (<= 30 s), and a cost worker SIGKILLed while it holds
+  a run until a new one's result arrives (<= 30 s). ``--quick``: one round, 20 runs, 2,000 scenarios.
 
 Exit status: 0 when every module ran (a row over its target is reported, not fatal), 1 when one failed,
 2 for an unknown name.
