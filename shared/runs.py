@@ -36,6 +36,9 @@ class RunInput:
     results: Mapping[str, ResultEnvelope] = field(default_factory=dict)
     #: perf_counter() when the run was loaded; results report the compute time from here.
     started: float = field(default_factory=time.perf_counter)
+    #: Runs still waiting behind this one for the same kind (from the consumer), so a kind may defer
+    #: costly work that the last run of a burst will do anyway.
+    backlog: int = 0
 
     def result(self, kind: str, cls: type[R]) -> R | None:
         found = self.results.get(kind)
@@ -67,14 +70,24 @@ async def latest_manifest(js: JetStreamContext, digest: str) -> RunManifest | No
     return _MANIFEST.decode(raw.data or b"")
 
 
+#: Requests in flight at once when reading a run's scenarios (round trips overlap; order is kept).
+READ_CONCURRENCY = 64
+
+
 async def load_scenarios(js: JetStreamContext, manifest: RunManifest) -> list[ScenarioMessage]:
     """Every scenario message of the run, in file order."""
-    scenarios = []
-    for index in range(manifest.scenario_count):
+    import asyncio
+
+    async def one(index: int) -> ScenarioMessage:
         raw = await js.get_last_msg(
             subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
         )
-        scenarios.append(_SCENARIO.decode(raw.data or b""))
+        return _SCENARIO.decode(raw.data or b"")
+
+    scenarios: list[ScenarioMessage] = []
+    for start in range(0, manifest.scenario_count, READ_CONCURRENCY):
+        stop = min(start + READ_CONCURRENCY, manifest.scenario_count)
+        scenarios += await asyncio.gather(*(one(i) for i in range(start, stop)))
     return scenarios
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -188,6 +189,8 @@ class RunWorker:
             return
         try:
             run = await load_run(self.js, manifest)
+            if msg.metadata is not None and msg.metadata.num_pending:
+                run = dataclasses.replace(run, backlog=int(msg.metadata.num_pending))
         except Superseded as exc:
             log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
             await msg.ack()

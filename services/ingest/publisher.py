@@ -16,6 +16,7 @@ and every consumer keys its state by (digest, index), so a replay replaces rathe
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -34,6 +35,8 @@ from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessag
 
 log = logging.getLogger(__name__)
 
+#: Scenario messages published at once (acks awaited per batch).
+PUBLISH_CONCURRENCY = 64
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_=-]+$")
 
 
@@ -144,12 +147,19 @@ class RunPublisher:
             except KeyWrongLastSequenceError as exc:
                 raise ClaimLostError(run.run_id) from exc
 
-        for index, payload in enumerate(payloads):
-            await self.js.publish(
-                subjects.scenario_subject(run.digest, index),
-                payload,
-                stream=subjects.INGEST_STREAM,
-                headers={"Nats-Msg-Id": f"{run.digest}:{generation}:{index}"},
+        # Scenario messages go out in overlapping batches (each still waits for its JetStream ack); the
+        # manifest follows only once every one of them is stored.
+        for start in range(0, len(payloads), PUBLISH_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    self.js.publish(
+                        subjects.scenario_subject(run.digest, index),
+                        payloads[index],
+                        stream=subjects.INGEST_STREAM,
+                        headers={"Nats-Msg-Id": f"{run.digest}:{generation}:{index}"},
+                    )
+                    for index in range(start, min(start + PUBLISH_CONCURRENCY, len(payloads)))
+                )
             )
         manifest = RunManifest(
             run_id=run.run_id,

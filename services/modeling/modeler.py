@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import msgspec
 import nats.micro
@@ -39,6 +40,8 @@ from shared.units import JOULES_PER_WH, SECONDS_PER_HOUR
 log = logging.getLogger("modeling")
 
 MICRO_VERSION = "0.2.0"
+#: While more runs wait, a model trained this recently serves them; the burst's last run retrains.
+DEFER_TRAINING_S = 10.0
 
 
 class History(msgspec.Struct, kw_only=True):
@@ -121,13 +124,20 @@ class Modeler:
             if f is not None and not st.is_baseline and st.mean_power_w is not None and st.mean_power_w > 0
         ]
         history = await self._merge_history(fingerprint, manifest.run_id, manifest.file_sha256, points)
-        model_or_reason = await asyncio.to_thread(
-            train,
-            history,
-            selection=self.settings.selection,
-            confidence_level=self.settings.confidence_level,
-            fingerprint=fingerprint,
-        )
+        current = self.models.get(fingerprint)
+        model_or_reason: PowerModel | str
+        if run.backlog and current is not None and time.time() - current.info.trained_at < DEFER_TRAINING_S:
+            # A burst of runs: the history takes this run's points now, and the last run of the burst trains
+            # on all of them; meanwhile predictions come from the model of a moment ago (its info says so).
+            model_or_reason = current
+        else:
+            model_or_reason = await asyncio.to_thread(
+                train,
+                history,
+                selection=self.settings.selection,
+                confidence_level=self.settings.confidence_level,
+                fingerprint=fingerprint,
+            )
         model: PowerModel | None = None
         reason: str | None = None
         if isinstance(model_or_reason, str):
@@ -135,6 +145,8 @@ class Modeler:
             if len(points) < MIN_TRAINING_POINTS:
                 reason = f"{reason} (this run has {len(points)}, history of this machine {len(history)})"
             log.warning("%s: no power model: %s", manifest.run_id, reason)
+        elif model_or_reason is current:
+            model = current
         else:
             model = model_or_reason
             model.info.runs = sorted({p.run_id for p in history})
