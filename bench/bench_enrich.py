@@ -21,8 +21,10 @@ from pathlib import Path
 import msgspec
 
 from bench.harness import Row, measure
-from services.ingest.enrich import Enricher, EnrichSettings, TelemetryQueries
+from services.ingest.enrich import Enricher
+from services.ingest.service import add_arguments, enrich_settings
 from services.up import free_port
+from shared.config import parse_flags
 from shared.schemas import ResultsFile
 from tests.telemetry_data import Timeline, prometheus_text, truths
 
@@ -95,8 +97,10 @@ def _start_vm(binary: str, store: str) -> tuple[subprocess.Popen[bytes], str]:
 
 def _compare(base: str, label: str) -> list[Row]:
     scenarios = msgspec.json.decode(RUN.read_bytes(), type=ResultsFile).scenarios
-    concurrent = Enricher(EnrichSettings(prometheus_url=base, queries=TelemetryQueries(), concurrency=16))
-    serial = Enricher(EnrichSettings(prometheus_url=base, queries=TelemetryQueries(), concurrency=1))
+    concurrent = Enricher(enrich_settings(parse_flags(add_arguments, ["--prometheus-url", base])))
+    serial = Enricher(
+        enrich_settings(parse_flags(add_arguments, ["--prometheus-url", base, "--enrich-concurrency", "1"]))
+    )
     try:
         t_conc, n_conc = measure(lambda: asyncio.run(concurrent.enrich_run(scenarios)), repeat=3, min_time=0)
         t_ser, n_ser = measure(lambda: asyncio.run(serial.enrich_run(scenarios)), repeat=3, min_time=0)

@@ -208,3 +208,14 @@ class OpenWatch:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def enrich_settings_for(url: str, *flags: str, queries: Any = None) -> Any:
+    """Enrichment settings through ingest's own flags (``"--enrich-timeout", "0.5"``), optionally with
+    query overrides given as a TelemetryQueries object."""
+    import dataclasses
+
+    from services.ingest.service import enrich_settings
+
+    settings = enrich_settings(parse_flags(add_arguments, ["--prometheus-url", url, *flags]))
+    return settings if queries is None else dataclasses.replace(settings, queries=queries)

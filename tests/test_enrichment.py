@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.ingest.enrich import Enricher, EnrichSettings, TelemetryQueries
+from services.ingest.enrich import Enricher, TelemetryQueries
 from shared import subjects
 from shared.integration import SampledSeries, integrate
 from shared.schemas import (
@@ -33,7 +33,7 @@ from shared.schemas import (
 )
 from shared.telemetry import resolve
 from tests.conftest import DATA, NatsServer, VictoriaMetrics
-from tests.helpers import count_manifests, decoded, running_ingest
+from tests.helpers import count_manifests, decoded, enrich_settings_for, running_ingest
 from tests.telemetry_data import (
     DRAM_W,
     Timeline,
@@ -65,7 +65,9 @@ def scenarios() -> list[Scenario]:
 
 
 def enricher(url: str, **kw: float) -> Enricher:
-    return Enricher(EnrichSettings(prometheus_url=url, queries=TelemetryQueries(), **kw))  # type: ignore[arg-type]
+    names = {"timeout_s": "--enrich-timeout", "retry_budget_s": "--enrich-retry-seconds"}
+    flags = [part for key, value in kw.items() for part in (names[key], str(value))]
+    return Enricher(enrich_settings_for(url, *flags))
 
 
 def values(series: object) -> list[float]:
@@ -188,7 +190,7 @@ async def test_unreachable_prometheus_gives_missing_with_reason() -> None:
 
 async def test_bad_query_is_not_retried(victoria_metrics: VictoriaMetrics, timeline: Timeline) -> None:
     queries = TelemetryQueries(power_watts="sum(rapl_power_watts{")
-    e = Enricher(EnrichSettings(prometheus_url=victoria_metrics.url, queries=queries, retry_budget_s=30))
+    e = Enricher(enrich_settings_for(victoria_metrics.url, "--enrich-retry-seconds", "30", queries=queries))
     began = time.monotonic()
     try:
         [telemetry] = await e.enrich_run(scenarios()[1:2])

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.exporter.service import Gateway, start_listeners
-from services.ingest.enrich import HEALTH_SOURCES, Enricher, EnrichSettings, TelemetryQueries
+from services.ingest.enrich import HEALTH_SOURCES, Enricher, TelemetryQueries
 from services.ingest.service import (
     IngestMetrics,
     add_arguments,
@@ -36,7 +36,14 @@ from shared import bus, subjects
 from shared.config import parse_flags
 from shared.schemas import ScenarioMessage, TelemetryHealth, TelemetrySourceHealth
 from tests.conftest import NatsServer, VictoriaMetrics
-from tests.helpers import count_manifests, decoded, eventually, running_ingest, scenario_msgs
+from tests.helpers import (
+    count_manifests,
+    decoded,
+    enrich_settings_for,
+    eventually,
+    running_ingest,
+    scenario_msgs,
+)
 
 
 def rapl_and_docker_text(now: float) -> tuple[str, float, float]:
@@ -60,7 +67,7 @@ def by_name(report: TelemetryHealth) -> dict[str, TelemetrySourceHealth]:
 
 
 def health_enricher(url: str, queries: TelemetryQueries | None = None) -> Enricher:
-    return Enricher(EnrichSettings(prometheus_url=url, queries=queries or TelemetryQueries(), timeout_s=2.0))
+    return Enricher(enrich_settings_for(url, "--enrich-timeout", "2", queries=queries or TelemetryQueries()))
 
 
 async def test_health_check_reports_each_source(victoria_metrics: VictoriaMetrics) -> None:

@@ -121,12 +121,14 @@ EmptyListener = Callable[[str, int], None]
 
 @dataclass(frozen=True)
 class EnrichSettings:
+    """Built from ingest's flags (services.ingest.service.enrich_settings): each default lives in its flag."""
+
     prometheus_url: str
     queries: TelemetryQueries
-    timeout_s: float = 10.0
+    timeout_s: float
     #: How long one run keeps retrying transient failures before it is published with telemetry missing.
-    retry_budget_s: float = 60.0
-    concurrency: int = 16
+    retry_budget_s: float
+    concurrency: int
 
 
 def _samples(series: list[Series]) -> Samples | None:

@@ -831,6 +831,17 @@ async def report_enrichment_failures(
         )
 
 
+def enrich_settings(args: argparse.Namespace) -> EnrichSettings:
+    """Enrichment settings from the flags (the one place their defaults are declared)."""
+    return EnrichSettings(
+        prometheus_url=args.prometheus_url,
+        queries=TelemetryQueries.load(args.telemetry_queries),
+        timeout_s=args.enrich_timeout,
+        retry_budget_s=args.enrich_retry_seconds,
+        concurrency=args.enrich_concurrency,
+    )
+
+
 def make_enricher(args: argparse.Namespace, metrics: IngestMetrics | None = None) -> Enricher | None:
     if not args.prometheus_url:
         return None
@@ -840,13 +851,7 @@ def make_enricher(args: argparse.Namespace, metrics: IngestMetrics | None = None
             metrics.enrichment_empty.labels(query).inc(scenarios)
 
     return Enricher(
-        EnrichSettings(
-            prometheus_url=args.prometheus_url,
-            queries=TelemetryQueries.load(args.telemetry_queries),
-            timeout_s=args.enrich_timeout,
-            retry_budget_s=args.enrich_retry_seconds,
-            concurrency=args.enrich_concurrency,
-        ),
+        enrich_settings(args),
         on_empty=count_empty,
     )
 
