@@ -78,9 +78,12 @@ async def answer_times(url: str, rounds: int) -> tuple[list[float], list[float]]
 
 def advice_done(url: str) -> bool:
     async def ask() -> bool:
-        import nats
+        from shared import bus
 
-        nc = await nats.connect(url)
+        # Quiet and without reconnects: up's NATS may not be listening yet, and that is no error.
+        nc = await asyncio.wait_for(
+            bus.connect(bus.NatsConfig(servers=[url]), "bench", max_reconnect_attempts=0, quiet=True), 5
+        )
         try:
             reply = await nc.request(subjects.ADVISOR_RUNS, msgspec.json.encode(RunsRequest()), timeout=5)
             runs = msgspec.json.decode(reply.data, type=RunsResponse).runs
