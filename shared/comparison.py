@@ -170,6 +170,22 @@ def compare_runs(a: RunData, b: RunData) -> RunComparison:
         low = am.prediction_interval_low_w if am else None
         high = am.prediction_interval_high_w if am else None
         regression, reason = _judge(b_power, low, high)
+        # (field stem, A's figure, B's figure, the stem of its % field) -> a_*, b_*, delta_*, pct_*
+        figures = (
+            ("mean_power_w", a_power, b_power, "mean_power"),
+            ("energy_j", a_energy, b_energy, "energy"),
+            ("pixels_per_joule", a_eff, b_eff, "pixels_per_joule"),
+            ("total_cost", a_total, b_total, "total_cost"),
+            ("vmaf", a_vmaf, b_vmaf, "vmaf"),
+        )
+        side_by_side: dict[str, float | None] = {}
+        for stem, va, vb, pct in figures:
+            side_by_side |= {
+                f"a_{stem}": va,
+                f"b_{stem}": vb,
+                f"delta_{stem}": delta(va, vb),
+                f"pct_{pct}": pct_change(va, vb),
+            }
         deltas.append(
             ScenarioDelta(
                 configuration=str(key),
@@ -177,30 +193,11 @@ def compare_runs(a: RunData, b: RunData) -> RunComparison:
                 b_index=bi,
                 a_name=scenario.name,
                 b_name=b.scenarios[bi].name,
-                a_mean_power_w=a_power,
-                b_mean_power_w=b_power,
-                delta_mean_power_w=delta(a_power, b_power),
-                pct_mean_power=pct_change(a_power, b_power),
-                a_energy_j=a_energy,
-                b_energy_j=b_energy,
-                delta_energy_j=delta(a_energy, b_energy),
-                pct_energy=pct_change(a_energy, b_energy),
-                a_pixels_per_joule=a_eff,
-                b_pixels_per_joule=b_eff,
-                delta_pixels_per_joule=delta(a_eff, b_eff),
-                pct_pixels_per_joule=pct_change(a_eff, b_eff),
-                a_total_cost=a_total,
-                b_total_cost=b_total,
-                delta_total_cost=delta(a_total, b_total),
-                pct_total_cost=pct_change(a_total, b_total),
-                a_vmaf=a_vmaf,
-                b_vmaf=b_vmaf,
-                delta_vmaf=delta(a_vmaf, b_vmaf),
-                pct_vmaf=pct_change(a_vmaf, b_vmaf),
                 a_prediction_interval_low_w=low,
                 a_prediction_interval_high_w=high,
                 regression=regression,
                 regression_reason=reason,
+                **side_by_side,
             )
         )
     for bi, scenario in enumerate(b.scenarios):
