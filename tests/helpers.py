@@ -219,3 +219,29 @@ def enrich_settings_for(url: str, *flags: str, queries: Any = None) -> Any:
 
     settings = enrich_settings(parse_flags(add_arguments, ["--prometheus-url", url, *flags]))
     return settings if queries is None else dataclasses.replace(settings, queries=queries)
+
+
+def cost_result(scenarios: list[Any], **fields: Any) -> Any:
+    """A CostResult of run ``r`` priced in eu-west-1's table figures (0.22 EUR/kWh, 250 g/kWh), with these
+    scenario figures; any field can be overridden."""
+    from shared.schemas import CostResult
+
+    values: dict[str, Any] = {
+        "run_id": "r",
+        "digest": "0123456789abcdef",
+        "generation": 1,
+        "computed_at": 0.0,
+        "compute_seconds": 0.0,
+        "currency": "EUR",
+        "region": "eu-west-1",
+        "energy_price_per_kwh": 0.22,
+        "energy_price_source": "table",
+        "cpu_cost_per_hour": 0.0,
+        "gpu_cost_per_hour": 0.0,
+        "co2_intensity_g_per_kwh": 250.0,
+        "co2_intensity_source": "table",
+        "baseline_index": 0,
+        "baseline_power_w": 5.0,
+        **fields,
+    }
+    return CostResult(scenarios=scenarios, **values)

@@ -21,6 +21,7 @@ from shared.schemas import (
     Scenario,
 )
 from shared.scoring import Algorithm, ScoreError
+from tests.helpers import cost_result
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "test_results_20251228_203216.json"
@@ -221,25 +222,8 @@ def small_run() -> tuple[list[Scenario], ModelingResult, CostResult, QoEResult]:
         computed_at=0.0,
         compute_seconds=0.0,
     )
-    cost = CostResult(
-        run_id="r",
-        digest="0123456789abcdef",
-        generation=1,
-        currency="EUR",
-        region="eu-west-1",
-        energy_price_per_kwh=0.22,
-        energy_price_source="table",
-        cpu_cost_per_hour=0.0,
-        gpu_cost_per_hour=0.0,
-        co2_intensity_g_per_kwh=250.0,
-        co2_intensity_source="table",
-        baseline_index=0,
-        baseline_power_w=5.0,
-        scenarios=[
-            CostScenario(index=i, total_cost=t) for i, t in enumerate([0.1, 0.5, 0.6, 0.4, 0.7], start=0)
-        ],
-        computed_at=0.0,
-        compute_seconds=0.0,
+    cost = cost_result(
+        [CostScenario(index=i, total_cost=t) for i, t in enumerate([0.1, 0.5, 0.6, 0.4, 0.7], start=0)]
     )
     # The QoE worker measured 90 for scenario 1 (the file says 50): 90 wins.
     qoe = QoEResult(

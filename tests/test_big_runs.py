@@ -21,6 +21,7 @@ from shared import subjects
 from shared.runs import publish_result, result_payload
 from shared.schemas import CostResult, CostScenario
 from tests.conftest import up_argv
+from tests.helpers import cost_result
 
 N = 10_000
 
@@ -47,23 +48,10 @@ async def test_a_result_over_the_payload_limit_travels_in_parts(nc: NATS) -> Non
 
     js = nc.jetstream()
     await bus.ensure_topology(js)
-    result = CostResult(
-        run_id="r",
-        digest="0123456789abcdef",
-        generation=1,
+    result: CostResult = cost_result(
+        [CostScenario(index=i, energy_cost=i / 7, notes=["x" * 40]) for i in range(20_000)],
         computed_at=1.0,
         compute_seconds=0.5,
-        currency="USD",
-        region="default",
-        energy_price_per_kwh=0.12,
-        energy_price_source="table",
-        cpu_cost_per_hour=0.0,
-        gpu_cost_per_hour=0.0,
-        co2_intensity_g_per_kwh=400,
-        co2_intensity_source="table",
-        baseline_index=None,
-        baseline_power_w=None,
-        scenarios=[CostScenario(index=i, energy_cost=i / 7, notes=["x" * 40]) for i in range(20_000)],
     )
     whole = msgspec.json.encode(result)
     assert len(whole) > nc.max_payload  # the point of the test

@@ -14,6 +14,7 @@ from shared.schemas import (
     QoEScenario,
     Scenario,
 )
+from tests.helpers import cost_result
 
 
 def modeling(run_id: str, rows: list[ModelingScenario]) -> ModelingResult:
@@ -31,24 +32,10 @@ def modeling(run_id: str, rows: list[ModelingScenario]) -> ModelingResult:
 
 
 def cost(run_id: str, currency: str, totals: dict[int, float]) -> CostResult:
-    return CostResult(
-        run_id=run_id,
-        digest="0123456789abcdef",
-        generation=1,
-        currency=currency,
-        region="eu-west-1",
-        energy_price_per_kwh=0.22,
-        energy_price_source="table",
-        cpu_cost_per_hour=0.0,
-        gpu_cost_per_hour=0.0,
-        co2_intensity_g_per_kwh=250.0,
-        co2_intensity_source="table",
-        baseline_index=0,
-        baseline_power_w=5.0,
-        scenarios=[CostScenario(index=i, total_cost=t) for i, t in totals.items()],
-        computed_at=0.0,
-        compute_seconds=0.0,
+    result: CostResult = cost_result(
+        [CostScenario(index=i, total_cost=t) for i, t in totals.items()], run_id=run_id, currency=currency
     )
+    return result
 
 
 def p720(name: str, bitrate: str, **kw: object) -> Scenario:
