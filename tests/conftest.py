@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -209,3 +210,14 @@ def up_argv(results_dir: Path, data_dir: Path, **flags: object) -> list[str]:
     for name, value in flags.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
     return argv
+
+
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGINT (what Ctrl-C sends), then SIGKILL if it has not stopped within 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

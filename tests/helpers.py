@@ -245,3 +245,22 @@ def cost_result(scenarios: list[Any], **fields: Any) -> Any:
         **fields,
     }
     return CostResult(scenarios=scenarios, **values)
+
+
+def modeling_result(scenarios: list[Any], **fields: Any) -> Any:
+    """A ModelingResult of run ``r`` with these per-scenario figures, no model, baseline at index 0; any field
+    can be overridden."""
+    from shared.schemas import ModelingResult
+
+    values: dict[str, Any] = {
+        "run_id": "r",
+        "digest": "0123456789abcdef",
+        "generation": 1,
+        "computed_at": 0.0,
+        "compute_seconds": 0.0,
+        "baseline_index": 0,
+        "model": None,
+        "model_reason": None,
+        **fields,
+    }
+    return ModelingResult(scenarios=scenarios, **values)

@@ -21,7 +21,7 @@ from shared.schemas import (
     Scenario,
 )
 from shared.scoring import Algorithm, ScoreError
-from tests.helpers import cost_result
+from tests.helpers import cost_result, modeling_result
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "test_results_20251228_203216.json"
@@ -39,17 +39,7 @@ def example_run() -> tuple[list[Scenario], ModelingResult, dict[str, dict[str, s
         d = float(s.end_time) - float(s.start_time)
         power = float(rows[s.name]["mean_power_w"])
         stats.append(ModelingScenario(index=i, duration_s=d, mean_power_w=power, energy_j=power * d))
-    modeling = ModelingResult(
-        run_id="test_results_20251228_203216",
-        digest="0123456789abcdef",
-        generation=1,
-        scenarios=stats,
-        baseline_index=0,
-        model=None,
-        model_reason=None,
-        computed_at=0.0,
-        compute_seconds=0.0,
-    )
+    modeling: ModelingResult = modeling_result(stats, run_id="test_results_20251228_203216")
     return scenarios, modeling, rows
 
 

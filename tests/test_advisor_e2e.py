@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from services.up import free_port
-from tests.conftest import DATA, EXAMPLES, require_binary, up_argv
+from tests.conftest import DATA, EXAMPLES, require_binary, stop_process, up_argv
 from tests.test_gateway_e2e import get, one, parse, trapezoid, values
 
 pytestmark = pytest.mark.slow
@@ -263,13 +262,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         system.legacy_a = get(results_port)[2]
         yield system
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         reader.join(timeout=10)
 
 

@@ -14,21 +14,12 @@ from shared.schemas import (
     QoEScenario,
     Scenario,
 )
-from tests.helpers import cost_result
+from tests.helpers import cost_result, modeling_result
 
 
 def modeling(run_id: str, rows: list[ModelingScenario]) -> ModelingResult:
-    return ModelingResult(
-        run_id=run_id,
-        digest="0123456789abcdef",
-        generation=1,
-        scenarios=rows,
-        baseline_index=0,
-        model=None,
-        model_reason=None,
-        computed_at=0.0,
-        compute_seconds=0.0,
-    )
+    result: ModelingResult = modeling_result(rows, run_id=run_id)
+    return result
 
 
 def cost(run_id: str, currency: str, totals: dict[int, float]) -> CostResult:

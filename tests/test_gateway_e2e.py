@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.up import free_port
-from tests.conftest import EXAMPLES, require_binary, start_prometheus, up_argv
+from tests.conftest import EXAMPLES, require_binary, start_prometheus, stop_process, up_argv
 
 pytestmark = pytest.mark.slow
 RUN = "test_results_20260101_000000"
@@ -154,13 +154,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             raise AssertionError(proc.communicate()[0])
         yield system
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def test_every_listener_serves_the_contract(system: System) -> None:

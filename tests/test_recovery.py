@@ -38,7 +38,7 @@ from services.kinds import kind_names
 from services.up import find_nats_server, free_port, wait_for_nats
 from shared import bus, subjects
 from shared.resultsfile import decode_results
-from tests.conftest import NatsServer, start_nats, up_argv
+from tests.conftest import NatsServer, start_nats, stop_process, up_argv
 
 pytestmark = pytest.mark.slow
 
@@ -152,16 +152,6 @@ def wait_for(check: object, timeout: float, what: str, interval: float = 0.1) ->
             return time.monotonic()
         time.sleep(interval)
     raise AssertionError(f"{what} not met within {timeout:g}s")
-
-
-def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def children_of(pid: int, marker: str) -> list[int]:
