@@ -198,19 +198,11 @@ def small_run() -> tuple[list[Scenario], ModelingResult, CostResult, QoEResult]:
     ]
     # (power W, duration s)
     measured = [(5.0, 3600.0), (10.0, 3600.0), (12.0, 3600.0), (20.0, 1800.0), (15.0, 3600.0)]
-    modeling = ModelingResult(
-        run_id="r",
-        digest="0123456789abcdef",
-        generation=1,
-        scenarios=[
+    modeling = modeling_result(
+        [
             ModelingScenario(index=i, mean_power_w=p, duration_s=d, energy_j=p * d, is_baseline=i == 0)
             for i, (p, d) in enumerate(measured)
-        ],
-        baseline_index=0,
-        model=None,
-        model_reason=None,
-        computed_at=0.0,
-        compute_seconds=0.0,
+        ]
     )
     cost = cost_result(
         [CostScenario(index=i, total_cost=t) for i, t in enumerate([0.1, 0.5, 0.6, 0.4, 0.7], start=0)]
