@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from shared import subjects
+from shared import directget, subjects
 from shared.schemas import ResultEnvelope, RunManifest, ScenarioMessage
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
 
 R = TypeVar("R", bound=ResultEnvelope)
@@ -59,36 +60,30 @@ def make_result(cls: type[R], run: RunInput, **fields: Any) -> R:
     )
 
 
-async def latest_manifest(js: JetStreamContext, digest: str) -> RunManifest | None:
+async def latest_manifest(nc: NATS, digest: str) -> RunManifest | None:
     """The newest manifest stored for this digest, or None."""
-    from nats.js.errors import NotFoundError
-
-    try:
-        raw = await js.get_last_msg(subjects.INGEST_STREAM, subjects.run_subject(digest), direct=True)
-    except NotFoundError:
-        return None
-    return _MANIFEST.decode(raw.data or b"")
+    found = await directget.last_of_each(nc, subjects.INGEST_STREAM, [subjects.run_subject(digest)])
+    msg = found.get(subjects.run_subject(digest))
+    return _MANIFEST.decode(msg.data) if msg is not None else None
 
 
-#: Requests in flight at once when reading a run's scenarios (round trips overlap; order is kept).
-READ_CONCURRENCY = 64
+class ScenariosMissingError(Exception):
+    """Fewer scenario messages are stored than the manifest counts (a newer publication is replacing them);
+    reading again later succeeds."""
 
 
-async def load_scenarios(js: JetStreamContext, manifest: RunManifest) -> list[ScenarioMessage]:
-    """Every scenario message of the run, in file order."""
-    import asyncio
-
-    async def one(index: int) -> ScenarioMessage:
-        raw = await js.get_last_msg(
-            subjects.INGEST_STREAM, subjects.scenario_subject(manifest.digest, index), direct=True
+async def load_scenarios(nc: NATS, manifest: RunManifest) -> list[ScenarioMessage]:
+    """Every scenario message of the run, in file order, read in batches (one request per
+    ``directget.PAGE`` scenarios)."""
+    stored = await directget.every_match(
+        nc, subjects.INGEST_STREAM, subjects.scenario_wildcard(manifest.digest)
+    )
+    by_index = {m.index: m for m in (_SCENARIO.decode(s.data) for s in stored)}
+    if len(by_index) != manifest.scenario_count or any(i not in by_index for i in range(len(by_index))):
+        raise ScenariosMissingError(
+            f"run {manifest.run_id}: {len(by_index)} of {manifest.scenario_count} scenario messages stored"
         )
-        return _SCENARIO.decode(raw.data or b"")
-
-    scenarios: list[ScenarioMessage] = []
-    for start in range(0, manifest.scenario_count, READ_CONCURRENCY):
-        stop = min(start + READ_CONCURRENCY, manifest.scenario_count)
-        scenarios += await asyncio.gather(*(one(i) for i in range(start, stop)))
-    return scenarios
+    return [by_index[i] for i in range(manifest.scenario_count)]
 
 
 #: Header of a result message whose payload travels in parts (see shared/subjects.py ``PARTS``).
@@ -138,41 +133,42 @@ async def publish_result(
 
 
 async def result_payload(
-    js: JetStreamContext, kind: str, digest: str, data: bytes, headers: dict[str, str] | None
+    nc: NATS, kind: str, digest: str, data: bytes, headers: Mapping[str, str] | None
 ) -> bytes:
-    """The whole result payload of a message on ``te.results.<kind>.<digest>`` (reassembled from its parts
-    when it has the ``TE-Parts`` header)."""
-    from nats.js.errors import NotFoundError
-
+    """The whole result payload of a message on ``te.results.<kind>.<digest>`` (reassembled from its parts,
+    read in one request, when it has the ``TE-Parts`` header)."""
     count = int((headers or {}).get(PARTS_HEADER, "0") or 0)
     if not count:
         return data
-    chunks = []
-    for index in range(count):
-        try:
-            raw = await js.get_last_msg(
-                subjects.RESULTS_STREAM, subjects.result_part_subject(kind, digest, index), direct=True
-            )
-        except NotFoundError:
-            raise PartsMissingError(f"{kind} result of {digest}: part {index} of {count} is gone") from None
-        chunks.append(raw.data or b"")
+    wanted = [subjects.result_part_subject(kind, digest, index) for index in range(count)]
+    found = await directget.last_of_each(nc, subjects.RESULTS_STREAM, wanted)
+    missing = [index for index, subject in enumerate(wanted) if subject not in found]
+    if missing:
+        raise PartsMissingError(f"{kind} result of {digest}: part {missing[0]} of {count} is gone")
+    payload = b"".join(found[subject].data for subject in wanted)
     expected = int((headers or {}).get("TE-Bytes", "0") or 0)
-    payload = b"".join(chunks)
     if expected and len(payload) != expected:
         raise PartsMissingError(f"{kind} result of {digest}: {len(payload)} of {expected} bytes")
     return payload
 
 
-async def load_result(
-    js: JetStreamContext, kind: str, digest: str, decoder: msgspec.json.Decoder[R]
-) -> R | None:
-    """The newest ``kind`` result of the run content ``digest``, or None when there is none yet."""
-    from nats.js.errors import NotFoundError
+async def load_results(
+    nc: NATS, digest: str, decoders: Mapping[str, msgspec.json.Decoder[Any]]
+) -> dict[str, Any]:
+    """The newest result of each kind in ``decoders`` for the run content ``digest``, read in one request
+    (plus one per result that travels in parts); a kind with no result yet is absent."""
+    wanted = {kind: subjects.result_subject(kind, digest) for kind in decoders}
+    found = await directget.last_of_each(nc, subjects.RESULTS_STREAM, list(wanted.values()))
+    results: dict[str, Any] = {}
+    for kind, subject in wanted.items():
+        msg = found.get(subject)
+        if msg is not None:
+            payload = await result_payload(nc, kind, digest, msg.data, msg.headers)
+            results[kind] = decoders[kind].decode(payload)
+    return results
 
-    try:
-        raw = await js.get_last_msg(
-            subjects.RESULTS_STREAM, subjects.result_subject(kind, digest), direct=True
-        )
-    except NotFoundError:
-        return None
-    return decoder.decode(await result_payload(js, kind, digest, raw.data or b"", raw.headers))
+
+async def load_result(nc: NATS, kind: str, digest: str, decoder: msgspec.json.Decoder[R]) -> R | None:
+    """The newest ``kind`` result of the run content ``digest``, or None when there is none yet."""
+    found: R | None = (await load_results(nc, digest, {kind: decoder})).get(kind)
+    return found

@@ -36,12 +36,21 @@ from shared import bus, subjects
 from shared.config import flag, port
 from shared.httpserver import StatusServer
 from shared.kinds import Computer, Kind, open_computer
-from shared.runs import RunInput, latest_manifest, load_result, load_scenarios, publish_result
+from shared.runs import (
+    RunInput,
+    ScenariosMissingError,
+    latest_manifest,
+    load_results,
+    load_scenarios,
+    publish_result,
+)
 from shared.schemas import SCHEMA_VERSION, ErrorEvent, ResultEnvelope, RunManifest
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT = bus.TRANSIENT_ERRORS
+#: Reading a run again later succeeds: NATS trouble, or scenarios being replaced by a newer publication.
+_RETRY_READ: tuple[type[BaseException], ...] = (*_TRANSIENT, ScenariosMissingError)
 _MANIFEST = msgspec.json.Decoder(RunManifest)
 #: Only the envelope of this kind's own earlier result is needed (its generation).
 _ENVELOPE = msgspec.json.Decoder(ResultEnvelope)
@@ -58,12 +67,12 @@ class Superseded(Exception):
     pass
 
 
-async def load_run(js: JetStreamContext, manifest: RunManifest) -> RunInput:
+async def load_run(nc: NATS, manifest: RunManifest) -> RunInput:
     """The run's scenario messages. Raises Superseded when a newer generation of the content exists."""
-    current = await latest_manifest(js, manifest.digest)
+    current = await latest_manifest(nc, manifest.digest)
     if current is not None and current.generation > manifest.generation:
         raise Superseded(f"generation {manifest.generation} superseded by {current.generation}")
-    return RunInput(manifest, await load_scenarios(js, manifest))
+    return RunInput(manifest, await load_scenarios(nc, manifest))
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,27 +144,27 @@ class RunWorker:
         if kind not in self.needs:
             return None
         digest = msg.subject.rsplit(".", 1)[1]
-        manifest = await latest_manifest(self.js, digest)
-        if manifest is None:
+        # Inputs first, in one request: while one is missing (two of every three arrivals) nothing else is read.
+        found = await load_results(self.nc, digest, {**self.needs, self.kind: _ENVELOPE})
+        own = found.pop(self.kind, None)
+        if any(name not in found for name in self.needs):
             return None
-        results: dict[str, ResultEnvelope] = {}
-        for name, decoder in self.needs.items():
-            found = await load_result(self.js, name, digest, decoder)
-            if found is None or found.generation != manifest.generation:
-                return None
-            results[name] = found
-        own = await load_result(self.js, self.kind, digest, _ENVELOPE)
-        newest_input = max(r.computed_at for r in results.values())
+        manifest = await latest_manifest(self.nc, digest)
+        if manifest is None or any(r.generation != manifest.generation for r in found.values()):
+            return None
+        newest_input = max(r.computed_at for r in found.values())
         if own is not None and own.generation == manifest.generation and own.computed_at >= newest_input:
             return None  # already computed from these very inputs
-        return manifest, RunInput(manifest, await load_scenarios(self.js, manifest), results)
+        return manifest, RunInput(manifest, await load_scenarios(self.nc, manifest), found)
 
     async def handle(self, msg: Msg) -> None:
         if self.needs:
             try:
                 derived = await self._derived_run(msg)
-            except _TRANSIENT as exc:
-                log.warning("%s: NATS trouble (%s); will retry", self.kind, type(exc).__name__)
+            except _RETRY_READ as exc:
+                log.warning(
+                    "%s: cannot read the inputs yet (%s: %s); will retry", self.kind, type(exc).__name__, exc
+                )
                 with contextlib.suppress(*_TRANSIENT):
                     await msg.nak(delay=2)
                 return
@@ -188,16 +197,20 @@ class RunWorker:
             await msg.term()
             return
         try:
-            run = await load_run(self.js, manifest)
+            run = await load_run(self.nc, manifest)
             if msg.metadata is not None and msg.metadata.num_pending:
                 run = dataclasses.replace(run, backlog=int(msg.metadata.num_pending))
         except Superseded as exc:
             log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
             await msg.ack()
             return
-        except _TRANSIENT as exc:
+        except _RETRY_READ as exc:
             log.warning(
-                "%s: %s: NATS trouble (%s); will retry", self.kind, manifest.run_id, type(exc).__name__
+                "%s: %s: cannot read the run yet (%s: %s); will retry",
+                self.kind,
+                manifest.run_id,
+                type(exc).__name__,
+                exc,
             )
             with contextlib.suppress(*_TRANSIENT):
                 await msg.nak(delay=2)

@@ -59,7 +59,7 @@ async def test_a_result_over_the_payload_limit_travels_in_parts(nc: NATS) -> Non
     assert parts == -(-len(whole) // (nc.max_payload - 4096))
     raw = await js.get_last_msg(subjects.RESULTS_STREAM, subjects.result_subject("cost", result.digest))
     assert len(raw.data or b"") < 1000  # the pointer is the envelope only
-    payload = await result_payload(js, "cost", result.digest, raw.data or b"", raw.headers)
+    payload = await result_payload(nc, "cost", result.digest, raw.data or b"", raw.headers)
     assert payload == whole
     assert msgspec.json.decode(payload, type=CostResult) == result
 

@@ -32,14 +32,14 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from services.advisor.kind import AdviceSettings, advice_for
-from shared import bus, subjects
+from shared import bus, directget, subjects
 from shared.advice import recommend
 from shared.comparison import RunData, compare_runs
 from shared.kinds import Kind
 from shared.planning import HostPower, extrapolation_warnings, plan_fleet
 from shared.pricing import effective_energy_price, pricing_from_args
 from shared.report import render_report
-from shared.runs import RunInput, load_result, load_scenarios
+from shared.runs import RunInput, load_results, load_scenarios
 from shared.schemas import (
     AdviceResult,
     CompareRequest,
@@ -238,12 +238,9 @@ class Advisor:
         if cached is not None:
             self._bundles.move_to_end(key)
             return cached
-        scenarios = await load_scenarios(self.js, manifest)
-        results: dict[str, ResultEnvelope] = {}
-        for name, decoder in self._decoders.items():
-            found = await load_result(self.js, name, manifest.digest, decoder)
-            if found is not None and found.generation == manifest.generation:
-                results[name] = found
+        scenarios = await load_scenarios(self.nc, manifest)
+        found = await load_results(self.nc, manifest.digest, self._decoders)
+        results = {name: r for name, r in found.items() if r.generation == manifest.generation}
         bundle = Bundle(manifest, scenarios, results)
         self._bundles[key] = bundle
         while len(self._bundles) > BUNDLES_KEPT:
@@ -396,13 +393,13 @@ class Advisor:
 
     async def _digests_of(self, run_id: str) -> set[str]:
         """Every content (digest) ever published for ``run_id`` that is still in the ingest stream."""
-        info = await self.js.stream_info(subjects.INGEST_STREAM, subjects_filter=f"{subjects.INGEST_RUN}.>")
         found = set()
-        for subject in info.state.subjects or {}:
-            raw = await self.js.get_last_msg(subjects.INGEST_STREAM, subject, direct=True)
+        for stored in await directget.every_match(
+            self.nc, subjects.INGEST_STREAM, f"{subjects.INGEST_RUN}.>"
+        ):
             with contextlib.suppress(msgspec.DecodeError):
-                if msgspec.json.decode(raw.data or b"", type=RunManifest).run_id == run_id:
-                    found.add(subject.rsplit(".", 1)[1])
+                if msgspec.json.decode(stored.data, type=RunManifest).run_id == run_id:
+                    found.add(stored.subject.rsplit(".", 1)[1])
         return found
 
     async def _purge(self, stream: str, subject: str) -> int:

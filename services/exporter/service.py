@@ -47,7 +47,7 @@ from shared.config import flag, port
 from shared.families import Family
 from shared.httpserver import StatusServer
 from shared.kinds import Kind
-from shared.runs import PartsMissingError, load_result, load_scenarios, result_payload
+from shared.runs import PartsMissingError, load_results, load_scenarios, result_payload
 from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest, TelemetryHealth
 
 log = logging.getLogger("exporter")
@@ -239,7 +239,7 @@ class Gateway:
         if kind is not None and decoder is not None:
             try:
                 digest = msg.subject.rsplit(".", 1)[1]
-                payload = await result_payload(self.js, kind, digest, msg.data, msg.headers)
+                payload = await result_payload(self.nc, kind, digest, msg.data, msg.headers)
                 result: ResultEnvelope = decoder.decode(payload)
                 self.state.add_result(kind, result)
             except (msgspec.DecodeError, PartsMissingError) as exc:
@@ -272,17 +272,17 @@ class Gateway:
             self._caught_up.setdefault(name, False)
 
     async def _load_scenarios(self, manifest: RunManifest) -> None:
-        scenarios = await load_scenarios(self.js, manifest)
+        scenarios = await load_scenarios(self.nc, manifest)
         self.state.set_scenarios(manifest.run_id, manifest.generation, scenarios)
 
     async def _reload_results(self, run_id: str) -> None:
         """Read back the newest result of every kind for ``run_id`` (exported again after a deletion)."""
         manifest = self.state.manifests.get(run_id)
         if manifest is not None:
-            for kind, decoder in self._decoders.items():
-                found = await load_result(self.js, kind, manifest.digest, decoder)
-                if found is not None and found.run_id == run_id:
-                    self.state.add_result(kind, found, count=False)
+            found = await load_results(self.nc, manifest.digest, self._decoders)
+            for kind, result in found.items():
+                if result.run_id == run_id:
+                    self.state.add_result(kind, result, count=False)
         self.state.reload_results = None
         self.state.version += 1
 

@@ -924,7 +924,7 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
         enricher.close()
         raise
     try:
-        run = await load_published_run(js, publisher, run_id)
+        run = await load_published_run(nc, publisher, run_id)
         if run is None:
             print(f"run {run_id!r} has not been ingested", file=sys.stderr)
             return 1
@@ -946,17 +946,17 @@ async def reenrich(args: argparse.Namespace, run_id: str) -> int:
         await bus.drain(nc)
 
 
-async def load_published_run(js: JetStreamContext, publisher: RunPublisher, run_id: str) -> ParsedRun | None:
+async def load_published_run(nc: NATS, publisher: RunPublisher, run_id: str) -> ParsedRun | None:
     """Rebuild a run from its manifest and scenario messages in the ingest stream."""
     try:
         entry = await publisher.kv.get(kv_key(run_id))
     except KeyNotFoundError:
         return None
     record = msgspec.json.decode(entry.value or b"", type=IngestRecord)
-    manifest = await latest_manifest(js, run_digest(record.run_id, record.file_sha256))
+    manifest = await latest_manifest(nc, run_digest(record.run_id, record.file_sha256))
     if manifest is None:
         return None
-    messages = await load_scenarios(js, manifest)
+    messages = await load_scenarios(nc, manifest)
     results = ResultsFile(
         scenarios=[m.scenario for m in messages],
         test_date=manifest.test_date,
