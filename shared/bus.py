@@ -13,7 +13,7 @@ import logging
 import signal
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -345,16 +345,21 @@ async def ensure_pull_consumer(
     js: JetStreamContext,
     stream: str,
     durable: str,
-    filter_subject: str,
+    filter_subject: str | Sequence[str],
     *,
     ack_wait: float = 120.0,
     max_deliver: int = 10,
 ) -> None:
-    """A durable pull consumer shared by every replica of one worker type, so replicas split the work.
-    Retried while JetStream is not ready."""
+    """A durable pull consumer shared by every replica of one worker type, so replicas split the work; one
+    subject filter or several. An existing consumer is brought to this configuration. Retried while
+    JetStream is not ready."""
+    several = not isinstance(filter_subject, str) and len(filter_subject) > 1
     config = js_api.ConsumerConfig(
         durable_name=durable,
-        filter_subject=filter_subject,
+        filter_subject=None
+        if several
+        else (filter_subject if isinstance(filter_subject, str) else filter_subject[0]),
+        filter_subjects=list(filter_subject) if several else None,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=ack_wait,

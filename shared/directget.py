@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ import nats.js.errors
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
 #: Messages asked for per request when reading every message of a subject filter.
 PAGE = 1024
@@ -43,36 +45,64 @@ class StoredMsg:
     headers: dict[str, str]
 
 
+class _Inbox:
+    """One wildcard inbox subscription per connection for every batched get on it, each request answered on
+    its own token: no SUB/UNSUB per request (each of which also makes the server rebuild its subject cache)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self.next_token = 0
+        self.open: dict[str, tuple[list[StoredMsg], asyncio.Future[dict[str, str]]]] = {}
+        self.sub: Subscription | None = None
+        self.lock = asyncio.Lock()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        waiting = self.open.get(msg.subject)
+        if waiting is None:
+            return  # a request that timed out already
+        messages, ended = waiting
+        headers = dict(msg.headers or {})
+        if "Status" not in headers:
+            subject, seq = headers.get("Nats-Subject", ""), int(headers.get("Nats-Sequence", 0))
+            messages.append(StoredMsg(subject, seq, msg.data, headers))
+        elif not ended.done():
+            ended.set_result(headers)
+
+    async def request(
+        self, stream: str, request: dict[str, Any], per_request_s: float
+    ) -> tuple[list[StoredMsg], dict[str, str]]:
+        if self.sub is None:
+            async with self.lock:
+                if self.sub is None:
+                    self.sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_msg)
+        self.next_token += 1
+        reply = f"{self.prefix}.{self.next_token}"
+        messages: list[StoredMsg] = []
+        ended: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self.open[reply] = (messages, ended)
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=reply)
+            async with asyncio.timeout(per_request_s):
+                return messages, await ended
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            del self.open[reply]
+
+
+_inboxes: weakref.WeakKeyDictionary[NATS, _Inbox] = weakref.WeakKeyDictionary()
+
+
 async def _request(
     nc: NATS, stream: str, request: dict[str, Any], per_request_s: float
 ) -> tuple[list[StoredMsg], dict[str, str]]:
     """One batched direct get: the messages, and the headers of the status message that ended the batch
     (empty messages on ``404``)."""
-    messages: list[StoredMsg] = []
-    ended: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-
-    async def on_msg(msg: Msg) -> None:
-        headers = dict(msg.headers or {})
-        if "Status" not in headers:
-            messages.append(
-                StoredMsg(
-                    headers.get("Nats-Subject", ""), int(headers.get("Nats-Sequence", 0)), msg.data, headers
-                )
-            )
-        elif not ended.done():
-            ended.set_result(headers)
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=on_msg)
-    try:
-        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-        try:
-            async with asyncio.timeout(per_request_s):
-                status = await ended
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None
-    finally:
-        await sub.unsubscribe()
+    inbox = _inboxes.get(nc)
+    if inbox is None:
+        inbox = _inboxes[nc] = _Inbox(nc)
+    messages, status = await inbox.request(stream, request, per_request_s)
     code = status.get("Status", "")
     if code == "204":
         return messages, status

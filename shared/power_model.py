@@ -141,14 +141,23 @@ class PowerModel:
     info: ModelInfo
 
     def _row(self, features: dict[str, float]) -> Any:
+        return self._rows([features])
+
+    def _rows(self, many: Sequence[dict[str, float]]) -> Any:
         if self.info.name == "multivariate":
-            return np.array([[features[f] for f in FEATURES]])
-        return [features["streams"]]
+            return np.array([[features[f] for f in FEATURES] for features in many])
+        return [features["streams"] for features in many]
 
     def predict(self, features: dict[str, float]) -> Interval:
         """Mean power (W) and its 95 % (or configured) prediction interval for one configuration."""
-        [interval] = self.predictor.prediction_intervals(self._row(features))
+        [interval] = self.predict_many([features])
         return interval
+
+    def predict_many(self, many: Sequence[dict[str, float]]) -> list[Interval]:
+        """``predict`` for several configurations in one matrix product (a run's scenarios at once)."""
+        if not many:
+            return []
+        return self.predictor.prediction_intervals(self._rows(many))
 
     def predict_mean(self, features: dict[str, float]) -> Interval:
         """Mean power (W) and the confidence interval of that mean (the regression line's uncertainty)."""

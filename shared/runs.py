@@ -72,12 +72,25 @@ class ScenariosMissingError(Exception):
     reading again later succeeds."""
 
 
-async def load_scenarios(nc: NATS, manifest: RunManifest) -> list[ScenarioMessage]:
+class SupersededError(Exception):
+    """A newer publication of the same content replaced scenarios after this manifest was stored."""
+
+
+async def load_scenarios(
+    nc: NATS, manifest: RunManifest, *, manifest_seq: int | None = None
+) -> list[ScenarioMessage]:
     """Every scenario message of the run, in file order, read in batches (one request per
-    ``directget.PAGE`` scenarios)."""
-    stored = await directget.every_match(
-        nc, subjects.INGEST_STREAM, subjects.scenario_wildcard(manifest.digest)
-    )
+    ``directget.PAGE`` scenarios).
+
+    ``manifest_seq`` (the manifest's stream sequence) makes it check that every scenario was stored before
+    that manifest: ingest publishes a run's scenarios and then its manifest, so a scenario stored later
+    belongs to a newer publication (SupersededError; that publication's own manifest follows)."""
+    wildcard = subjects.scenario_wildcard(manifest.digest)
+    stored = await directget.every_match(nc, subjects.INGEST_STREAM, wildcard)
+    if manifest_seq is not None and any(s.seq > manifest_seq for s in stored):
+        raise SupersededError(
+            f"run {manifest.run_id}: its scenarios were published again after this manifest"
+        )
     by_index = {m.index: m for m in (_SCENARIO.decode(s.data) for s in stored)}
     if len(by_index) != manifest.scenario_count or any(i not in by_index for i in range(len(by_index))):
         raise ScenariosMissingError(

@@ -39,6 +39,7 @@ from shared.kinds import Computer, Kind, open_computer
 from shared.runs import (
     RunInput,
     ScenariosMissingError,
+    SupersededError,
     latest_manifest,
     load_results,
     load_scenarios,
@@ -61,18 +62,15 @@ PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
 #: Longest one pull request waits for a run while the worker is idle.
 FETCH_WAIT_S = 10.0
+#: Runs one worker process handles at once. While one run waits on NATS (its scenarios, its result's ack)
+#: the next is read; with one at a time, a burst of small runs was paced by round trips, not by the CPU.
+CONCURRENCY = 4
 
 
-class Superseded(Exception):
-    pass
-
-
-async def load_run(nc: NATS, manifest: RunManifest) -> RunInput:
-    """The run's scenario messages. Raises Superseded when a newer generation of the content exists."""
-    current = await latest_manifest(nc, manifest.digest)
-    if current is not None and current.generation > manifest.generation:
-        raise Superseded(f"generation {manifest.generation} superseded by {current.generation}")
-    return RunInput(manifest, await load_scenarios(nc, manifest))
+async def load_run(nc: NATS, manifest: RunManifest, manifest_seq: int | None) -> RunInput:
+    """The run's scenario messages. Raises SupersededError when the content was published again after this
+    manifest (``manifest_seq``, its stream sequence)."""
+    return RunInput(manifest, await load_scenarios(nc, manifest, manifest_seq=manifest_seq))
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
@@ -197,10 +195,10 @@ class RunWorker:
             await msg.term()
             return
         try:
-            run = await load_run(self.nc, manifest)
+            run = await load_run(self.nc, manifest, msg.metadata.sequence.stream if msg.metadata else None)
             if msg.metadata is not None and msg.metadata.num_pending:
                 run = dataclasses.replace(run, backlog=int(msg.metadata.num_pending))
-        except Superseded as exc:
+        except SupersededError as exc:
             log.info("%s: skipping %s: %s", self.kind, manifest.run_id, exc)
             await msg.ack()
             return
@@ -341,11 +339,12 @@ class RunWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         await bus.ensure_topology(self.js, replicas=self.replicas)
-        # A kind computed from runs consumes run manifests; a derived kind consumes the results it needs.
+        # A kind computed from runs consumes run manifests; a derived kind consumes the results it needs
+        # (only those: not its own, nor other kinds').
         stream, source = (
-            (subjects.RESULTS_STREAM, f"{subjects.RESULTS}.>")
+            (subjects.RESULTS_STREAM, [f"{subjects.RESULTS}.{name}.>" for name in self.needs])
             if self.needs
-            else (subjects.INGEST_STREAM, f"{subjects.INGEST_RUN}.>")
+            else (subjects.INGEST_STREAM, [f"{subjects.INGEST_RUN}.>"])
         )
         if self.fingerprint is not None:
             await self._replay_if_settings_changed(stream)
@@ -358,7 +357,7 @@ class RunWorker:
         reconnected = asyncio.Event()
         remove_hook = bus.on_reconnect(self.nc, reconnected.set)
         self.ready.set()
-        log.info("%s worker consuming %s as durable %r", self.kind, source, self.kind)
+        log.info("%s worker consuming %s as durable %r", self.kind, ", ".join(source), self.kind)
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await self._consume(sub, stop, stopping, reconnected)
@@ -375,36 +374,74 @@ class RunWorker:
         stopping: asyncio.Future[Any],
         reconnected: asyncio.Event,
     ) -> None:
-        while not stop.is_set():
-            # A long poll (one pull request every FETCH_WAIT_S while idle) keeps an idle worker idle; a stop
-            # does not wait for it, and a reconnect re-issues it.
-            reconnected.clear()
-            fetching = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
-            reconnecting = asyncio.ensure_future(reconnected.wait())
-            waiting: set[asyncio.Future[Any]] = {fetching, stopping, reconnecting}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            reconnecting.cancel()
-            if not fetching.done():
-                # A message the cancelled request brings later waits in the subscription's queue, where
-                # the next fetch takes it first.
-                fetching.cancel()
-                with contextlib.suppress(BaseException):
-                    await fetching
-                if stop.is_set():
+        slots = asyncio.Semaphore(CONCURRENCY)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                # A run is taken only when a slot is free for it: a run fetched is a run held (its ack wait
+                # runs), so none waits unstarted behind the others.
+                acquiring = asyncio.ensure_future(slots.acquire())
+                await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not acquiring.done():
+                    acquiring.cancel()
                     break
+                messages = await self._fetch(sub, stop, stopping, reconnected)
+                if not messages:
+                    slots.release()
+                    continue
+                for msg in messages:  # fetch(1): one
+                    task = asyncio.ensure_future(self._handle_in_slot(msg, slots))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+        finally:
+            # A stop lets the runs in hand finish (each ends acked, nak'ed or terminated), as before.
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _handle_in_slot(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:
+            # handle() reports every failure it expects; anything else must not vanish with its task.
+            log.exception("%s: handling %s failed unexpectedly", self.kind, msg.subject)
+        finally:
+            slots.release()
+
+    async def _fetch(
+        self,
+        sub: JetStreamContext.PullSubscription,
+        stop: asyncio.Event,
+        stopping: asyncio.Future[Any],
+        reconnected: asyncio.Event,
+    ) -> list[Msg]:
+        """One long poll for one message: none when it timed out, failed, was stopped or a reconnect
+        interrupted it."""
+        # A long poll (one pull request every FETCH_WAIT_S while idle) keeps an idle worker idle; a stop
+        # does not wait for it, and a reconnect re-issues it.
+        reconnected.clear()
+        fetching = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
+        reconnecting = asyncio.ensure_future(reconnected.wait())
+        waiting: set[asyncio.Future[Any]] = {fetching, stopping, reconnecting}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        reconnecting.cancel()
+        if not fetching.done():
+            # A message the cancelled request brings later waits in the subscription's queue, where the
+            # next fetch takes it first.
+            fetching.cancel()
+            with contextlib.suppress(BaseException):
+                await fetching
+            if not stop.is_set():
                 log.info("%s: reconnected; pulling again", self.kind)
-                continue
-            try:
-                messages = fetching.result()
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except _TRANSIENT as exc:
-                if not stop.is_set():
-                    log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
-                    await asyncio.sleep(1)
-                continue
-            for msg in messages:
-                await self.handle(msg)
+            return []
+        try:
+            return fetching.result()
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except _TRANSIENT as exc:
+            if not stop.is_set():
+                log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
+                await asyncio.sleep(1)
+            return []
 
 
 async def run_worker_service(

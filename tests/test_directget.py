@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
 from shared import bus, directget, subjects
-from shared.runs import ScenariosMissingError, latest_manifest, load_scenarios
+from shared.runs import ScenariosMissingError, SupersededError, latest_manifest, load_scenarios
 from shared.schemas import RunManifest, Scenario, ScenarioMessage
 
 STREAM = "DG_TEST"
@@ -103,3 +103,26 @@ async def test_the_run_loader_returns_file_order_and_notices_a_missing_scenario(
 
     with pytest.raises(ScenariosMissingError, match="4 of 5"):
         await load_scenarios(nc, _manifest(5))
+
+
+async def test_scenarios_stored_after_the_manifest_mean_a_newer_publication(nc: NATS) -> None:
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    manifest = _manifest(2)
+    for index in range(2):
+        message = ScenarioMessage(
+            run_id=manifest.run_id, digest=manifest.digest, index=index, scenario=Scenario()
+        )
+        await js.publish(subjects.scenario_subject(manifest.digest, index), msgspec.json.encode(message))
+    ack = await js.publish(subjects.run_subject(manifest.digest), msgspec.json.encode(manifest))
+    assert len(await load_scenarios(nc, manifest, manifest_seq=ack.seq)) == 2
+
+    # A re-publication (say, re-enriched telemetry) replaces scenario 1 after that manifest was stored.
+    again = ScenarioMessage(
+        run_id=manifest.run_id, digest=manifest.digest, index=1, scenario=Scenario(name="new")
+    )
+    await js.publish(subjects.scenario_subject(manifest.digest, 1), msgspec.json.encode(again))
+    with pytest.raises(SupersededError):
+        await load_scenarios(nc, manifest, manifest_seq=ack.seq)
+    # Without the manifest's sequence nothing is checked: readers that want the newest content get it.
+    assert (await load_scenarios(nc, manifest))[1].scenario.name == "new"

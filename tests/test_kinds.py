@@ -240,3 +240,24 @@ def test_results_are_result_envelopes() -> None:
     for kind in load_kinds():
         assert issubclass(kind.result, ResultEnvelope)
         assert msgspec.json.schema(kind.result)
+
+
+async def test_a_derived_kind_is_handed_only_the_results_it_needs(nc: NATS) -> None:
+    """Its durable consumer filters on the needed kinds: its own results (and other kinds') never reach it."""
+    computer = await open_computer(TOY, nc, TOY.settings(parse_flags(TOY.add_arguments)))
+    worker = RunWorker(nc, kind="toy", compute=computer, needs={"cost": CostResult, "qoe": ResultEnvelope})
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 15)
+        js = nc.jetstream()
+        info = await js.consumer_info(subjects.RESULTS_STREAM, "toy")
+        assert info.config.filter_subjects == [f"{subjects.RESULTS}.cost.>", f"{subjects.RESULTS}.qoe.>"]
+        for kind in ("toy", "modeling"):
+            await js.publish(subjects.result_subject(kind, "0123456789abcdef"), b"{}")
+        info = await js.consumer_info(subjects.RESULTS_STREAM, "toy")
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+        assert (info.delivered.stream_seq if info.delivered else 0) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

@@ -52,6 +52,8 @@ from shared.schemas import ErrorEvent, ResultEnvelope, RunDeleted, RunManifest, 
 
 log = logging.getLogger("exporter")
 SERVICE = "exporter"
+#: Shortest time between two rebuilds of the served snapshot, seconds.
+REBUILD_GAP_S = 0.1
 
 
 def add_listener_arguments(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +334,9 @@ class Gateway:
                 await asyncio.sleep(0.5)
                 self._dirty.set()
             await self.rebuild()
+            # During a burst every result would rebuild every family; one rebuild per REBUILD_GAP_S takes in
+            # everything that arrived meanwhile, and a lone change is still served at once.
+            await asyncio.wait({stopping}, timeout=REBUILD_GAP_S)
         stopping.cancel()
         for replay in self._subs:
             await replay.close()

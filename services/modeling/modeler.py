@@ -57,6 +57,8 @@ class Modeler:
         self.settings = settings
         self.models: dict[str, PowerModel] = {}
         self.service: Service | None = None
+        #: The worker handles several runs at once; history and models change one run at a time.
+        self._lock = asyncio.Lock()
 
     async def load_models(self) -> None:
         """Reload every saved model (a restarted worker answers predictions at once)."""
@@ -102,6 +104,10 @@ class Modeler:
         raise RuntimeError(f"could not update the training history of {fingerprint} (too much contention)")
 
     async def compute(self, run: RunInput) -> ModelingResult:
+        async with self._lock:
+            return await self._compute(run)
+
+    async def _compute(self, run: RunInput) -> ModelingResult:
         manifest = run.manifest
         scenarios = [m.scenario for m in run.scenarios]
         resolved = [resolve(m.scenario, m.enriched) for m in run.scenarios]
@@ -153,15 +159,26 @@ class Modeler:
             self.models[fingerprint] = model
             await self.models_kv.put(fingerprint, model.to_json())
 
+        predictable = [
+            model is not None and f is not None and not st.is_baseline and st.duration_s is not None
+            for st, f in zip(stats, features, strict=True)
+        ]
+        intervals = iter(
+            model.predict_many(
+                [f for f, ok in zip(features, predictable, strict=True) if ok and f is not None]
+            )
+            if model is not None
+            else []
+        )
         out: list[ModelingScenario] = []
-        for scenario, st, f in zip(scenarios, stats, features, strict=True):
-            if model is None or f is None or st.is_baseline or st.duration_s is None:
+        for scenario, st, ok in zip(scenarios, stats, predictable, strict=True):
+            if not ok or st.duration_s is None:
                 why = (
                     reason if model is None else ("baseline" if st.is_baseline else "no features or duration")
                 )
                 out.append(msgspec.structs.replace(st, notes=[*st.notes, f"no prediction: {why}"]))
                 continue
-            interval = model.predict(f)
+            interval = next(intervals)
             energy, efficiency = predicted_figures(scenario, interval.mean, st.duration_s)
             out.append(
                 msgspec.structs.replace(
