@@ -170,9 +170,25 @@ async def connect(
         options["tls"] = tls
     nc = await nats.connect(**options)
     client.append(nc)
+    version = nc.connected_server_version
+    if (version.major, version.minor) < MIN_SERVER_VERSION:
+        await nc.close()
+        wanted = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerTooOldError(
+            f"the NATS server at {cfg.display()} is nats-server {version.major}.{version.minor}; transcode-energy needs {wanted} or "
+            "newer (it reads runs with JetStream's batched direct gets)"
+        )
     if not quiet:
         log.info("connected to NATS at %s", cfg.display())
     return nc
+
+
+#: Oldest nats-server the services work with: batched direct gets (shared/directget.py) came in 2.11.
+MIN_SERVER_VERSION = (2, 11)
+
+
+class ServerTooOldError(RuntimeError):
+    """The NATS server lacks a JetStream feature the services rely on."""
 
 
 #: What each client re-creates after a reconnect (see :func:`on_reconnect`).

@@ -61,7 +61,7 @@ ACK_WAIT_S = 20.0
 PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
 #: Longest one pull request waits for a run while the worker is idle.
-FETCH_WAIT_S = 10.0
+FETCH_WAIT_S = 30.0
 #: Runs one worker process handles at once. While one run waits on NATS (its scenarios, its result's ack)
 #: the next is read; with one at a time, a burst of small runs was paced by round trips, not by the CPU.
 CONCURRENCY = 4

@@ -23,7 +23,7 @@ from services.qoe.kind import add_arguments as qoe_flags
 from services.qoe.kind import compute_qoe
 from services.qoe.kind import settings_from_args as qoe_settings
 from services.up import free_port
-from shared import subjects
+from shared import bus, subjects
 from shared.config import parse_flags
 from shared.families import Family, RunView
 from shared.kinds import Kind, open_computer
@@ -244,6 +244,7 @@ def test_results_are_result_envelopes() -> None:
 
 async def test_a_derived_kind_is_handed_only_the_results_it_needs(nc: NATS) -> None:
     """Its durable consumer filters on the needed kinds: its own results (and other kinds') never reach it."""
+    await bus.ensure_topology(nc.jetstream())
     computer = await open_computer(TOY, nc, TOY.settings(parse_flags(TOY.add_arguments)))
     worker = RunWorker(nc, kind="toy", compute=computer, needs={"cost": CostResult, "qoe": ResultEnvelope})
     stop = asyncio.Event()
