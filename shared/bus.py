@@ -369,13 +369,11 @@ async def ensure_pull_consumer(
     """A durable pull consumer shared by every replica of one worker type, so replicas split the work; one
     subject filter or several. An existing consumer is brought to this configuration. Retried while
     JetStream is not ready."""
-    several = not isinstance(filter_subject, str) and len(filter_subject) > 1
+    filters = [filter_subject] if isinstance(filter_subject, str) else list(filter_subject)
     config = js_api.ConsumerConfig(
         durable_name=durable,
-        filter_subject=None
-        if several
-        else (filter_subject if isinstance(filter_subject, str) else filter_subject[0]),
-        filter_subjects=list(filter_subject) if several else None,
+        filter_subject=filters[0] if len(filters) == 1 else None,
+        filter_subjects=filters if len(filters) > 1 else None,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_wait=ack_wait,

@@ -131,7 +131,7 @@ async def every_match(
     nc: NATS, stream: str, subject_filter: str, *, per_request_s: float = DEFAULT_TIMEOUT_S
 ) -> list[StoredMsg]:
     """Every stored message whose subject matches ``subject_filter``, in stream order (on a stream that keeps
-    one message per subject, the newest of each), ``PAGE`` messages per request; ``timeout`` bounds each
+    one message per subject, the newest of each), ``PAGE`` messages per request; ``per_request_s`` bounds each
     request."""
     found: list[StoredMsg] = []
     seq = 0

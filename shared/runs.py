@@ -62,8 +62,8 @@ def make_result(cls: type[R], run: RunInput, **fields: Any) -> R:
 
 async def latest_manifest(nc: NATS, digest: str) -> RunManifest | None:
     """The newest manifest stored for this digest, or None."""
-    found = await directget.last_of_each(nc, subjects.INGEST_STREAM, [subjects.run_subject(digest)])
-    msg = found.get(subjects.run_subject(digest))
+    subject = subjects.run_subject(digest)
+    msg = (await directget.last_of_each(nc, subjects.INGEST_STREAM, [subject])).get(subject)
     return _MANIFEST.decode(msg.data) if msg is not None else None
 
 
@@ -179,9 +179,3 @@ async def load_results(
             payload = await result_payload(nc, kind, digest, msg.data, msg.headers)
             results[kind] = decoders[kind].decode(payload)
     return results
-
-
-async def load_result(nc: NATS, kind: str, digest: str, decoder: msgspec.json.Decoder[R]) -> R | None:
-    """The newest ``kind`` result of the run content ``digest``, or None when there is none yet."""
-    found: R | None = (await load_results(nc, digest, {kind: decoder})).get(kind)
-    return found

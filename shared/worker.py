@@ -67,12 +67,6 @@ FETCH_WAIT_S = 30.0
 CONCURRENCY = 4
 
 
-async def load_run(nc: NATS, manifest: RunManifest, manifest_seq: int | None) -> RunInput:
-    """The run's scenario messages. Raises SupersededError when the content was published again after this
-    manifest (``manifest_seq``, its stream sequence)."""
-    return RunInput(manifest, await load_scenarios(nc, manifest, manifest_seq=manifest_seq))
-
-
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every worker has: its own status listener."""
     flag(
@@ -195,7 +189,9 @@ class RunWorker:
             await msg.term()
             return
         try:
-            run = await load_run(self.nc, manifest, msg.metadata.sequence.stream if msg.metadata else None)
+            # SupersededError when the content was published again after this manifest.
+            seq = msg.metadata.sequence.stream if msg.metadata else None
+            run = RunInput(manifest, await load_scenarios(self.nc, manifest, manifest_seq=seq))
             if msg.metadata is not None and msg.metadata.num_pending:
                 run = dataclasses.replace(run, backlog=int(msg.metadata.num_pending))
         except SupersededError as exc:

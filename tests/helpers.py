@@ -221,17 +221,23 @@ def enrich_settings_for(url: str, *flags: str, queries: Any = None) -> Any:
     return settings if queries is None else dataclasses.replace(settings, queries=queries)
 
 
+#: The envelope every result builder below starts from: run ``r``, generation 1, computed at time 0.
+_ENVELOPE: dict[str, Any] = {
+    "run_id": "r",
+    "digest": "0123456789abcdef",
+    "generation": 1,
+    "computed_at": 0.0,
+    "compute_seconds": 0.0,
+}
+
+
 def cost_result(scenarios: list[Any], **fields: Any) -> Any:
     """A CostResult of run ``r`` priced in eu-west-1's table figures (0.22 EUR/kWh, 250 g/kWh), with these
     scenario figures; any field can be overridden."""
     from shared.schemas import CostResult
 
     values: dict[str, Any] = {
-        "run_id": "r",
-        "digest": "0123456789abcdef",
-        "generation": 1,
-        "computed_at": 0.0,
-        "compute_seconds": 0.0,
+        **_ENVELOPE,
         "currency": "EUR",
         "region": "eu-west-1",
         "energy_price_per_kwh": 0.22,
@@ -253,11 +259,7 @@ def modeling_result(scenarios: list[Any], **fields: Any) -> Any:
     from shared.schemas import ModelingResult
 
     values: dict[str, Any] = {
-        "run_id": "r",
-        "digest": "0123456789abcdef",
-        "generation": 1,
-        "computed_at": 0.0,
-        "compute_seconds": 0.0,
+        **_ENVELOPE,
         "baseline_index": 0,
         "model": None,
         "model_reason": None,

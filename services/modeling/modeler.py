@@ -159,26 +159,24 @@ class Modeler:
             self.models[fingerprint] = model
             await self.models_kv.put(fingerprint, model.to_json())
 
-        predictable = [
-            model is not None and f is not None and not st.is_baseline and st.duration_s is not None
-            for st, f in zip(stats, features, strict=True)
-        ]
-        intervals = iter(
-            model.predict_many(
-                [f for f, ok in zip(features, predictable, strict=True) if ok and f is not None]
-            )
-            if model is not None
-            else []
+        # Every predictable scenario in one matrix product, by position in the run.
+        rows = {
+            i: f
+            for i, (st, f) in enumerate(zip(stats, features, strict=True))
+            if f is not None and not st.is_baseline and st.duration_s is not None
+        }
+        predicted = (
+            dict(zip(rows, model.predict_many(list(rows.values())), strict=True)) if model is not None else {}
         )
         out: list[ModelingScenario] = []
-        for scenario, st, ok in zip(scenarios, stats, predictable, strict=True):
-            if not ok or st.duration_s is None:
+        for i, (scenario, st) in enumerate(zip(scenarios, stats, strict=True)):
+            interval = predicted.get(i)
+            if interval is None or st.duration_s is None:
                 why = (
                     reason if model is None else ("baseline" if st.is_baseline else "no features or duration")
                 )
                 out.append(msgspec.structs.replace(st, notes=[*st.notes, f"no prediction: {why}"]))
                 continue
-            interval = next(intervals)
             energy, efficiency = predicted_figures(scenario, interval.mean, st.duration_s)
             out.append(
                 msgspec.structs.replace(
