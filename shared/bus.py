@@ -404,7 +404,7 @@ class OrderedReplay:
     is retried while JetStream is not ready."""
 
     #: How long one idle poll waits for a message (a wake-up per this many seconds when nothing happens).
-    POLL_S = 30.0
+    POLL_S = 60.0
     #: Messages taken per request while catching up.
     BATCH = 256
 

@@ -5,7 +5,8 @@ needed five more to see whether its inputs were complete; at 100 small runs a se
 most of the system's CPU. One batched request answers with every matching message on a private inbox,
 followed by a status message (``204 EOB``, or ``404`` when nothing matched). nats-py has no helper for it,
 so this module speaks the request itself (ADR-31: ``next_by_subj`` + ``batch`` + ``seq`` to page,
-``multi_last`` for the newest message of a few subjects).
+``multi_last`` for the newest message of a few subjects, and plain ``last_by_subj`` for one subject, which is
+answered by the message alone, without the end-of-batch status).
 
 Every request is bounded by ``per_request_s`` and raises nats-py's own errors (``TimeoutError``,
 ``NoRespondersError``, ``APIError``), so callers treat it like any other JetStream request.
@@ -53,7 +54,8 @@ class _Inbox:
         self.nc = nc
         self.prefix = nc.new_inbox()
         self.next_token = 0
-        self.open: dict[str, tuple[list[StoredMsg], asyncio.Future[dict[str, str]]]] = {}
+        #: reply subject -> (messages so far, the end of the answer, whether one message ends it)
+        self.open: dict[str, tuple[list[StoredMsg], asyncio.Future[dict[str, str]], bool]] = {}
         self.sub: Subscription | None = None
         self.lock = asyncio.Lock()
 
@@ -61,11 +63,13 @@ class _Inbox:
         waiting = self.open.get(msg.subject)
         if waiting is None:
             return  # a request that timed out already
-        messages, ended = waiting
+        messages, ended, single = waiting
         headers = dict(msg.headers or {})
         if "Status" not in headers:
             subject, seq = headers.get("Nats-Subject", ""), int(headers.get("Nats-Sequence", 0))
             messages.append(StoredMsg(subject, seq, msg.data, headers))
+            if single and not ended.done():
+                ended.set_result({"Status": "204"})
         elif not ended.done():
             ended.set_result(headers)
 
@@ -80,7 +84,7 @@ class _Inbox:
         reply = f"{self.prefix}.{self.next_token}"
         messages: list[StoredMsg] = []
         ended: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-        self.open[reply] = (messages, ended)
+        self.open[reply] = (messages, ended, "batch" not in request and "multi_last" not in request)
         try:
             await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=reply)
             async with asyncio.timeout(per_request_s):
@@ -112,6 +116,14 @@ async def _request(
         raise nats.errors.NoRespondersError
     description = next((v for k, v in status.items() if str(k).lower().endswith("description")), "")
     raise nats.js.errors.APIError(code=int(code or 0), description=f"direct get on {stream}: {description}")
+
+
+async def last_of(
+    nc: NATS, stream: str, subject: str, *, per_request_s: float = DEFAULT_TIMEOUT_S
+) -> StoredMsg | None:
+    """The newest message of one plain subject, or None: one request, one message back."""
+    found, _ = await _request(nc, stream, {"last_by_subj": subject}, per_request_s)
+    return found[0] if found else None
 
 
 async def last_of_each(

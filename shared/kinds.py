@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from shared.families import Family, RunView
 from shared.runs import RunInput
@@ -36,6 +36,14 @@ class Computer(Protocol):
     async def compute(self, run: RunInput) -> ResultEnvelope: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class InputsIndex(Protocol):
+    """A derived kind's computer that follows the results stream itself can spare the worker a read: a
+    result that completes nothing yet (two of every three arrivals for advice) is acked without one."""
+
+    async def inputs_incomplete(self, digest: str, seq: int, needs: Collection[str]) -> bool: ...
 
 
 @dataclass(frozen=True)

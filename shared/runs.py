@@ -1,8 +1,10 @@
 """Reading a published run back from the ingest stream: the one run loader every service uses.
 
 A run is its manifest (``te.ingest.run.<digest>``) plus one message per scenario
-(``te.ingest.scenario.<digest>.<index>``); the ingest stream keeps one message per subject, so a direct get
-by subject returns the newest copy of each.
+(``te.ingest.scenario.<digest>.<index>``) and, when it fits in one message, the same scenarios again in one
+bundle (``te.ingest.bundle.<digest>``); the ingest stream keeps one message per subject, so a direct get by
+subject returns the newest copy of each. The loader reads the bundle (one message) and falls back to the
+scenario messages (a batched read) when there is none of the manifest's generation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from shared import directget, subjects
-from shared.schemas import ResultEnvelope, RunManifest, ScenarioMessage
+from shared.schemas import ResultEnvelope, RunBundle, RunManifest, ScenarioMessage
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -25,6 +27,7 @@ R = TypeVar("R", bound=ResultEnvelope)
 
 _MANIFEST = msgspec.json.Decoder(RunManifest)
 _SCENARIO = msgspec.json.Decoder(ScenarioMessage)
+_BUNDLE = msgspec.json.Decoder(RunBundle)
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,7 @@ def make_result(cls: type[R], run: RunInput, **fields: Any) -> R:
 
 async def latest_manifest(nc: NATS, digest: str) -> RunManifest | None:
     """The newest manifest stored for this digest, or None."""
-    subject = subjects.run_subject(digest)
-    msg = (await directget.last_of_each(nc, subjects.INGEST_STREAM, [subject])).get(subject)
+    msg = await directget.last_of(nc, subjects.INGEST_STREAM, subjects.run_subject(digest))
     return _MANIFEST.decode(msg.data) if msg is not None else None
 
 
@@ -79,12 +81,19 @@ class SupersededError(Exception):
 async def load_scenarios(
     nc: NATS, manifest: RunManifest, *, manifest_seq: int | None = None
 ) -> list[ScenarioMessage]:
-    """Every scenario message of the run, in file order, read in batches (one request per
-    ``directget.PAGE`` scenarios).
+    """Every scenario message of the run, in file order: from the run's bundle when it holds the manifest's
+    generation, else from the scenario messages, read in batches (one request per ``directget.PAGE``).
 
-    ``manifest_seq`` (the manifest's stream sequence) makes it check that every scenario was stored before
-    that manifest: ingest publishes a run's scenarios and then its manifest, so a scenario stored later
-    belongs to a newer publication (SupersededError; that publication's own manifest follows)."""
+    ``manifest_seq`` (the manifest's stream sequence) makes it check that what it read was stored before
+    that manifest: ingest publishes a run's scenarios, its bundle and then its manifest, so anything stored
+    later belongs to a newer publication (SupersededError; that publication's own manifest follows)."""
+    bundle_msg = await directget.last_of(nc, subjects.INGEST_STREAM, subjects.bundle_subject(manifest.digest))
+    if bundle_msg is not None:
+        bundle = _BUNDLE.decode(bundle_msg.data)
+        if bundle.generation == manifest.generation and len(bundle.scenarios) == manifest.scenario_count:
+            if manifest_seq is not None and bundle_msg.seq > manifest_seq:
+                raise SupersededError(f"run {manifest.run_id}: it was published again after this manifest")
+            return bundle.scenarios
     wildcard = subjects.scenario_wildcard(manifest.digest)
     stored = await directget.every_match(nc, subjects.INGEST_STREAM, wildcard)
     if manifest_seq is not None and any(s.seq > manifest_seq for s in stored):

@@ -172,6 +172,17 @@ class ScenarioMessage(msgspec.Struct, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
+class RunBundle(msgspec.Struct, kw_only=True):
+    """Subject ``te.ingest.bundle.<digest>``: every scenario message of one run generation, in file order,
+    published after the scenarios and before the manifest. The same data as the scenario subjects, in one
+    message, for readers that want the whole run; absent when the run does not fit in one message."""
+
+    digest: str
+    generation: int
+    scenarios: list[ScenarioMessage]
+    schema_version: int = SCHEMA_VERSION
+
+
 class RunManifest(msgspec.Struct, kw_only=True):
     """Subject ``te.ingest.run.<digest>``: published after every scenario of the run is stored."""
 
@@ -789,6 +800,7 @@ class DeleteRunResponse(msgspec.Struct, kw_only=True):
 #: Message types documented with JSON Schema, by name.
 PUBLISHED_MESSAGES: dict[str, type[msgspec.Struct]] = {
     "ScenarioMessage": ScenarioMessage,
+    "RunBundle": RunBundle,
     "RunManifest": RunManifest,
     "ErrorEvent": ErrorEvent,
     "IngestRecord": IngestRecord,

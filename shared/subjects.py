@@ -18,6 +18,10 @@ INGEST_SCENARIO = f"{PREFIX}.ingest.scenario"
 #: One message per run, published after all of its scenarios: ``te.ingest.run.<digest>``, payload
 #: ``RunManifest``. Its arrival means "every scenario of this run is in the stream".
 INGEST_RUN = f"{PREFIX}.ingest.run"
+#: Every scenario of a run in one message, published after them and before the manifest:
+#: ``te.ingest.bundle.<digest>``, payload ``RunBundle``. A copy the services read instead of one message per
+#: scenario (one direct get, not ``scenario_count`` of them); a run too large for one message has none.
+INGEST_BUNDLE = f"{PREFIX}.ingest.bundle"
 INGEST_STREAM = "TE_INGEST"
 INGEST_STREAM_SUBJECTS = [f"{PREFIX}.ingest.>"]
 
@@ -91,6 +95,10 @@ def scenario_wildcard(digest: str) -> str:
 
 def run_subject(digest: str) -> str:
     return f"{INGEST_RUN}.{_token(digest)}"
+
+
+def bundle_subject(digest: str) -> str:
+    return f"{INGEST_BUNDLE}.{_token(digest)}"
 
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from shared import bus, subjects
 from shared.config import flag, port
 from shared.httpserver import StatusServer
-from shared.kinds import Computer, Kind, open_computer
+from shared.kinds import Computer, InputsIndex, Kind, open_computer
 from shared.runs import (
     RunInput,
     ScenariosMissingError,
@@ -61,7 +61,7 @@ ACK_WAIT_S = 20.0
 PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
 #: Longest one pull request waits for a run while the worker is idle.
-FETCH_WAIT_S = 30.0
+FETCH_WAIT_S = 60.0
 #: Runs one worker process handles at once. While one run waits on NATS (its scenarios, its result's ack)
 #: the next is read; with one at a time, a burst of small runs was paced by round trips, not by the CPU.
 CONCURRENCY = 4
@@ -99,6 +99,8 @@ class RunWorker:
         self.js = nc.jetstream()
         self.kind = kind
         self.computer = compute
+        #: The computer's own view of the results stream, when it keeps one (see ``InputsIndex``).
+        self.index = compute if self.needs and isinstance(compute, InputsIndex) else None
         self.max_deliver = max_deliver
         self.replicas = replicas
         self.processed = 0
@@ -136,7 +138,14 @@ class RunWorker:
         if kind not in self.needs:
             return None
         digest = msg.subject.rsplit(".", 1)[1]
-        # Inputs first, in one request: while one is missing (two of every three arrivals) nothing else is read.
+        seq = msg.metadata.sequence.stream if msg.metadata is not None else None
+        if (
+            self.index is not None
+            and seq is not None
+            and await self.index.inputs_incomplete(digest, seq, self.needs)
+        ):
+            return None
+        # Otherwise the inputs first, in one request: while one is missing nothing else is read.
         found = await load_results(self.nc, digest, {**self.needs, self.kind: _ENVELOPE})
         own = found.pop(self.kind, None)
         if any(name not in found for name in self.needs):

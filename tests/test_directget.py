@@ -1,7 +1,9 @@
 """Batched direct gets against the real nats-server: paging, newest copy per subject, absent subjects, errors,
-and the run loader built on them."""
+and the run loader built on them (the run's bundle, and the scenario messages when there is none)."""
 
 from __future__ import annotations
+
+import json
 
 import msgspec
 import nats.errors
@@ -9,9 +11,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
 
+from services.ingest.publisher import RunPublisher, encode_bundle
 from shared import bus, directget, subjects
+from shared.resultsfile import ParsedRun, decode_results
 from shared.runs import ScenariosMissingError, SupersededError, latest_manifest, load_scenarios
-from shared.schemas import RunManifest, Scenario, ScenarioMessage
+from shared.schemas import RunBundle, RunManifest, Scenario, ScenarioMessage
 
 STREAM = "DG_TEST"
 
@@ -126,3 +130,110 @@ async def test_scenarios_stored_after_the_manifest_mean_a_newer_publication(nc: 
         await load_scenarios(nc, manifest, manifest_seq=ack.seq)
     # Without the manifest's sequence nothing is checked: readers that want the newest content get it.
     assert (await load_scenarios(nc, manifest))[1].scenario.name == "new"
+
+
+async def test_last_of_answers_with_the_message_alone(nc: NATS) -> None:
+    await _stream(nc)
+    js = nc.jetstream()
+    await js.publish("dg.one", b"old")
+    ack = await js.publish("dg.one", b"new")
+
+    found = await directget.last_of(nc, STREAM, "dg.one")
+
+    assert found is not None and (found.subject, found.seq, found.data) == ("dg.one", ack.seq, b"new")
+    assert await directget.last_of(nc, STREAM, "dg.nothing") is None
+
+
+def _run(file_name: str, count: int) -> ParsedRun:
+    scenarios = [
+        {
+            "name": f"{i + 1} Streams @ 2500k",
+            "bitrate": "2500k",
+            "start_time": 1e9 + 10 * i,
+            "end_time": 1e9 + 10 * i + 5,
+        }
+        for i in range(count)
+    ]
+    return decode_results(json.dumps({"scenarios": scenarios}).encode(), file_name)
+
+
+def _scenario(manifest: RunManifest, index: int, name: str) -> bytes:
+    return msgspec.json.encode(
+        ScenarioMessage(
+            run_id=manifest.run_id, digest=manifest.digest, index=index, scenario=Scenario(name=name)
+        )
+    )
+
+
+async def _publish_bundle(
+    nc: NATS, digest: str, generation: int, names: list[str], manifest: RunManifest
+) -> int:
+    ack = await nc.jetstream().publish(
+        subjects.bundle_subject(digest),
+        encode_bundle(digest, generation, [_scenario(manifest, i, n) for i, n in enumerate(names)]),
+    )
+    return ack.seq
+
+
+async def test_the_run_loader_reads_the_bundle_of_the_manifests_generation(nc: NATS) -> None:
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    manifest = _manifest(2)
+    for index in range(2):
+        await js.publish(
+            subjects.scenario_subject(manifest.digest, index), _scenario(manifest, index, f"msg{index}")
+        )
+    await _publish_bundle(nc, manifest.digest, 1, ["bundled0", "bundled1"], manifest)
+    ack = await js.publish(subjects.run_subject(manifest.digest), msgspec.json.encode(manifest))
+
+    # The names tell which copy was read: the bundle, in one request.
+    loaded = await load_scenarios(nc, manifest, manifest_seq=ack.seq)
+    assert [s.scenario.name for s in loaded] == ["bundled0", "bundled1"]
+
+    # A bundle of another generation (a newer publication's too large to bundle left the old one) is not
+    # the manifest's: the scenario messages are read instead.
+    second = msgspec.structs.replace(manifest, generation=2)
+    assert [s.scenario.name for s in await load_scenarios(nc, second)] == ["msg0", "msg1"]
+    # Nor is a bundle with fewer scenarios than the manifest counts.
+    await _publish_bundle(nc, manifest.digest, 1, ["only one"], manifest)
+    assert [s.scenario.name for s in await load_scenarios(nc, manifest)] == ["msg0", "msg1"]
+
+
+async def test_a_bundle_stored_after_the_manifest_means_a_newer_publication(nc: NATS) -> None:
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    manifest = _manifest(1)
+    await js.publish(subjects.scenario_subject(manifest.digest, 0), _scenario(manifest, 0, "a"))
+    ack = await js.publish(subjects.run_subject(manifest.digest), msgspec.json.encode(manifest))
+    await _publish_bundle(nc, manifest.digest, 1, ["again"], manifest)
+
+    with pytest.raises(SupersededError):
+        await load_scenarios(nc, manifest, manifest_seq=ack.seq)
+    assert [s.scenario.name for s in await load_scenarios(nc, manifest)] == ["again"]
+
+
+async def test_ingest_bundles_a_run_only_when_it_fits_in_one_message(nc: NATS) -> None:
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    kv = await bus.ensure_kv(js, subjects.KV_INGESTED)
+    small = _run("test_results_20990101_000001.json", 3)
+    outcome = await RunPublisher(js, kv, max_payload=nc.max_payload).publish(small)
+
+    stored = await directget.last_of(nc, subjects.INGEST_STREAM, subjects.bundle_subject(small.digest))
+    assert stored is not None and stored.headers["Nats-Msg-Id"] == f"{small.digest}:1:bundle"
+    bundle = msgspec.json.decode(stored.data, type=RunBundle)
+    assert (bundle.digest, bundle.generation) == (small.digest, outcome.generation)
+    # The bundle holds exactly the scenario messages, byte for byte.
+    singles = await directget.every_match(
+        nc, subjects.INGEST_STREAM, subjects.scenario_wildcard(small.digest)
+    )
+    assert [msgspec.json.encode(s) for s in bundle.scenarios] == [m.data for m in singles]
+
+    # Each scenario fits in a message of this size, the three together do not: no bundle, and the run still
+    # loads from its scenario messages.
+    big = _run("test_results_20990101_000002.json", 3)
+    one = max(len(m.data) for m in singles)
+    await RunPublisher(js, kv, max_payload=one + 1024).publish(big)
+    assert await directget.last_of(nc, subjects.INGEST_STREAM, subjects.bundle_subject(big.digest)) is None
+    manifest = await latest_manifest(nc, big.digest)
+    assert manifest is not None and len(await load_scenarios(nc, manifest)) == 3

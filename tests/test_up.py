@@ -98,3 +98,22 @@ async def test_up_ingests_a_dropped_file_and_stops_cleanly_on_sigint(tmp_path: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_the_embedded_nats_server_uses_one_core_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str | None, expected: str
+) -> None:
+    from services.up import start_embedded_nats
+
+    if given is None:
+        monkeypatch.delenv("GOMAXPROCS", raising=False)
+    else:
+        monkeypatch.setenv("GOMAXPROCS", given)
+    proc, _ = start_embedded_nats(tmp_path / "nats", 0)
+    try:
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert f"GOMAXPROCS={expected}".encode() in environ
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import msgspec
@@ -69,6 +69,8 @@ log = logging.getLogger("advisor")
 VERSION = "0.2.0"
 #: Runs whose scenarios and results the advisor keeps in memory (the ones being asked about).
 BUNDLES_KEPT = 4
+#: How long a check of the advice kind's inputs waits for the index to take in the result that woke it.
+INDEX_WAIT_S = 1.0
 #: How long the advisor waits for the modeling service's prediction.
 PREDICT_TIMEOUT_S = 5.0
 
@@ -115,9 +117,15 @@ class Advisor:
         self.kinds = kinds
         self._decoders = {k.name: msgspec.json.Decoder(k.result) for k in kinds}
         self._envelope = msgspec.json.Decoder(ResultEnvelope)
-        #: run id -> newest manifest; (kind, digest) -> newest generation with a published result.
+        #: run id -> newest manifest; (kind, digest) -> generation of the stored result (the last one
+        #: published on its subject, which the stream keeps).
         self.manifests: dict[str, RunManifest] = {}
         self.generations: dict[tuple[str, str], int] = {}
+        #: Stream sequence of the last result taken into ``generations``, and whether the index has caught up
+        #: with the stream once (before that it cannot vouch for anything).
+        self._results_seq = 0
+        self._results_live = False
+        self._results_seen = asyncio.Condition()
         self.service: Service | None = None
         self._subs: list[bus.OrderedReplay] = []
         #: (digest, generation) -> bundle, least recently used first.
@@ -150,11 +158,30 @@ class Advisor:
             return
         with contextlib.suppress(msgspec.DecodeError):
             envelope = self._envelope.decode(msg.data)
-            key = (kind, envelope.digest)
-            self.generations[key] = max(self.generations.get(key, 0), envelope.generation)
+            self.generations[(kind, envelope.digest)] = envelope.generation
             # A new or recomputed result: the run's kept bundle is stale.
             for cached in [k for k in self._bundles if k[0] == envelope.digest]:
                 del self._bundles[cached]
+        if msg.metadata is not None:
+            async with self._results_seen:
+                self._results_seq = max(self._results_seq, msg.metadata.sequence.stream)
+                self._results_live = self._results_live or not msg.metadata.num_pending
+                self._results_seen.notify_all()
+
+    async def inputs_incomplete(self, digest: str, seq: int, needs: Collection[str]) -> bool:
+        """True when this index shows that the results stream, up to sequence ``seq``, holds no complete set
+        of ``needs`` for ``digest`` (one missing, or generations that differ): the advice kind was woken by a
+        result that completes nothing yet, and a later result will wake it again. False when in doubt (the
+        index has not reached ``seq`` within ``INDEX_WAIT_S``): the worker then reads the stream itself."""
+        if not self._results_live:
+            return False
+        try:
+            async with asyncio.timeout(INDEX_WAIT_S), self._results_seen:
+                await self._results_seen.wait_for(lambda: self._results_seq >= seq)
+        except TimeoutError:
+            return False
+        stored = {self.generations.get((kind, digest)) for kind in needs}
+        return None in stored or len(stored) > 1
 
     async def _on_deleted(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):
@@ -380,6 +407,7 @@ class Advisor:
         for digest in digests:
             for stream, subject in (
                 (subjects.INGEST_STREAM, subjects.scenario_wildcard(digest)),
+                (subjects.INGEST_STREAM, subjects.bundle_subject(digest)),
                 (subjects.INGEST_STREAM, subjects.run_subject(digest)),
                 (subjects.RESULTS_STREAM, f"{subjects.RESULTS}.*.{digest}"),
                 (subjects.RESULTS_STREAM, f"{subjects.PARTS}.*.{digest}.*"),

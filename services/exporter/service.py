@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -54,6 +55,10 @@ log = logging.getLogger("exporter")
 SERVICE = "exporter"
 #: Shortest time between two rebuilds of the served snapshot, seconds.
 REBUILD_GAP_S = 0.1
+#: Longest time between two consumer-lag polls while nothing arrives, seconds. Lag moves with the messages
+#: the gateway sees (a manifest raises it, a result or an error event lowers it), so an idle system is asked
+#: rarely; this poll still catches what no message announces, such as a killed worker's run redelivered.
+IDLE_LAG_INTERVAL_S = 60.0
 
 
 def add_listener_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env="GATEWAY_LAG_INTERVAL",
         default=5.0,
         type=float,
-        help="seconds between consumer-lag polls",
+        help=f"seconds between consumer-lag polls while messages arrive (every {IDLE_LAG_INTERVAL_S:g} s when idle)",
     )
 
 
@@ -307,10 +312,13 @@ class Gateway:
         await self._replay("events", f"{subjects.PREFIX}.events.>", self._on_event)
         self._dirty.set()
         loop = asyncio.get_running_loop()
-        next_lag = 0.0
+        last_lag = -math.inf
+        # Something arrived since the last lag poll: poll again lag_interval after the last one.
+        active = True
         stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             # Woken by any change or a stop; otherwise only when the consumer lag is due.
+            next_lag = last_lag + (lag_interval if active else max(lag_interval, IDLE_LAG_INTERVAL_S))
             changed = asyncio.ensure_future(self._dirty.wait())
             await asyncio.wait(
                 {changed, stopping}, timeout=max(0.05, next_lag - loop.time()), return_when="FIRST_COMPLETED"
@@ -318,6 +326,9 @@ class Gateway:
             changed.cancel()
             if stop.is_set():
                 break
+            if self._dirty.is_set():
+                active = True
+                next_lag = min(next_lag, last_lag + lag_interval)
             self._dirty.clear()
             try:
                 pending = self.state.needs_scenarios()
@@ -327,7 +338,7 @@ class Gateway:
                     await self._reload_results(self.state.reload_results)
                 if loop.time() >= next_lag:
                     await self._poll_lag()
-                    next_lag = loop.time() + lag_interval
+                    last_lag, active = loop.time(), False
             except Exception as exc:  # a NATS hiccup must not take the metrics down
                 if not stop.is_set():
                     log.warning("gateway refresh failed (%s: %s); retrying", type(exc).__name__, exc)

@@ -5,8 +5,9 @@ Protocol (per run_id, recorded in KV ``te_ingested``):
 1. Read the record. Same content already ``published`` -> nothing to do (a touch, a re-save, a restart).
 2. Otherwise claim a *generation* with a compare-and-set write, state ``publishing`` (a crashed earlier
    attempt on the same content resumes with its generation).
-3. Publish every scenario, then the manifest, each with ``Nats-Msg-Id = <digest>:<generation>:<index>``,
-   waiting for each JetStream ack.
+3. Publish every scenario, then the run's bundle (all scenarios in one message, when it fits in one), then
+   the manifest, each with ``Nats-Msg-Id = <digest>:<generation>:<index|bundle|run>``, waiting for each
+   JetStream ack.
 4. Mark the record ``published``.
 
 A crash in step 3 is retried with the same message ids: inside JetStream's duplicate window the server
@@ -31,7 +32,14 @@ from nats.js.kv import KeyValue
 
 from shared import subjects
 from shared.resultsfile import ParsedRun, ResultsFileError
-from shared.schemas import ErrorEvent, IngestRecord, RunManifest, ScenarioMessage, Telemetry
+from shared.schemas import (
+    SCHEMA_VERSION,
+    ErrorEvent,
+    IngestRecord,
+    RunManifest,
+    ScenarioMessage,
+    Telemetry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +169,14 @@ class RunPublisher:
                     for index in range(start, min(start + PUBLISH_CONCURRENCY, len(payloads)))
                 )
             )
+        bundle = encode_bundle(run.digest, generation, payloads)
+        if len(bundle) <= self.max_payload - 512:
+            await self.js.publish(
+                subjects.bundle_subject(run.digest),
+                bundle,
+                stream=subjects.INGEST_STREAM,
+                headers={"Nats-Msg-Id": f"{run.digest}:{generation}:bundle"},
+            )
         manifest = RunManifest(
             run_id=run.run_id,
             digest=run.digest,
@@ -188,6 +204,18 @@ class RunPublisher:
         )
         await self.kv.put(key, msgspec.json.encode(done))
         return PublishOutcome(run.run_id, run.digest, generation, duplicate=False)
+
+
+def encode_bundle(digest: str, generation: int, scenarios: Sequence[bytes]) -> bytes:
+    """The ``RunBundle`` of already encoded scenario messages (spliced in as they are, not encoded again)."""
+    return msgspec.json.encode(
+        {
+            "digest": digest,
+            "generation": generation,
+            "scenarios": [msgspec.Raw(p) for p in scenarios],
+            "schema_version": SCHEMA_VERSION,
+        }
+    )
 
 
 async def publish_error(js: JetStreamContext, event: ErrorEvent) -> None:

@@ -690,6 +690,9 @@ class IngestService:
             # How often the watcher thread wakes to look for changes: 5 times a second keeps an idle system
             # idle and still publishes a dropped file well within half a second.
             step=min(200, self.settings.debounce_ms),
+            # The watcher thread checks ``stop`` every step, so it need not come back to the event loop every
+            # 5 s (watchfiles' default) to be stoppable: once a minute keeps an idle loop asleep.
+            rust_timeout=60_000,
             recursive=False,
             force_polling=self.settings.force_polling or None,
         )
