@@ -2,12 +2,15 @@
 
 Scrapes are served from a thread so a slow scrape never blocks the asyncio loop (or ``/health``: the old
 exporters' single-threaded server did, B-X2). Rendering uses prometheus-client's own encoders, so content
-negotiation (text 0.0.4 / 1.0.0, OpenMetrics) is whatever the client library does.
+negotiation (text 0.0.4 / 1.0.0, OpenMetrics) is whatever the client library does. A client that accepts gzip
+(Prometheus always does) gets the body compressed, once per body: the gateway's exposition of a 100-scenario
+run shrinks from about 860 KiB to 30 KiB, compressed in about 4 ms when it changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import selectors
@@ -20,6 +23,24 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
+
+#: Smaller bodies go uncompressed: gzip would save a few hundred bytes at the price of a compression each.
+GZIP_MIN_BYTES = 4096
+#: zlib level 3: nearly level 6's size (30 vs 28 KiB for 860 KiB of exposition) in a third of the time.
+GZIP_LEVEL = 3
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header admits gzip (``gzip;q=0`` refuses it)."""
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower().removeprefix("q=")
+            try:
+                return not params or float(q) > 0
+            except ValueError:
+                return True
+    return False
 
 
 class StatusServer:
@@ -44,13 +65,27 @@ class StatusServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm the body's last segment waits for
+            # the client's delayed ACK of the headers (40 ms on a kept-alive connection, as Prometheus keeps).
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds would drown the log
 
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            def _send(
+                self,
+                code: int,
+                body: bytes,
+                content_type: str = "text/plain; charset=utf-8",
+                compressible: bool = False,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
+                if compressible and len(body) >= GZIP_MIN_BYTES:
+                    self.send_header("Vary", "Accept-Encoding")
+                    if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                        body = server_self.gzipped(body, content_type)
+                        self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
@@ -65,7 +100,7 @@ class StatusServer:
                         log.exception("rendering /metrics failed")
                         self._send(500, b"internal error rendering metrics\n")
                         return
-                    self._send(200, body, content_type)
+                    self._send(200, body, content_type, compressible=True)
                 elif path == "/health":
                     self._send(200, b"OK\n")
                 elif path == "/ready":
@@ -91,6 +126,8 @@ class StatusServer:
                             if key.fileobj is self and not server_self._stopping:
                                 self._handle_request_noblock()  # type: ignore[attr-defined]
 
+        #: content type -> (the body last compressed, its gzip form)
+        self._gzip_cache: dict[str, tuple[bytes, bytes]] = {}
         self._stopping = False
         self._wake_read, self._wake_write = os.pipe()
         self._httpd = Server((host, port), Handler)
@@ -98,6 +135,16 @@ class StatusServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_until_woken, name=f"http-{name}", daemon=True
         )
+
+    def gzipped(self, body: bytes, content_type: str) -> bytes:
+        """``body`` compressed; the last result per content type is kept, so a cached exposition served to
+        many scrapes is compressed once."""
+        cached = self._gzip_cache.get(content_type)
+        if cached is not None and cached[0] is body:
+            return cached[1]
+        packed = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
+        self._gzip_cache[content_type] = (body, packed)
+        return packed
 
     def _render(self, accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

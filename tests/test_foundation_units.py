@@ -177,3 +177,22 @@ def test_committed_json_schemas_are_current(tmp_path: Path) -> None:
         committed = REPO / "docs" / "schemas" / path.name
         assert committed.exists(), f"run `make schemas`: {committed} is missing"
         assert committed.read_bytes() == path.read_bytes(), f"run `make schemas`: {committed} is stale"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),  # what Prometheus and browsers send
+        ("deflate, GZIP;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0, identity", False),
+        ("identity", False),
+        ("", False),
+    ],
+)
+def test_accepts_gzip(header: str, expected: bool) -> None:
+    from shared.httpserver import accepts_gzip
+
+    assert accepts_gzip(header) is expected

@@ -6,6 +6,8 @@ calling the project's maths.
 
 from __future__ import annotations
 
+import gzip
+import http.client
 import json
 import re
 import signal
@@ -371,6 +373,38 @@ def test_label_order_escaping_and_endpoints(system: System) -> None:
         assert get(port, "/health")[:1] == (200,)
         assert get(port, "/ready")[:1] == (200,)
         assert get(port, "/nope")[:1] == (404,)
+
+
+def test_a_client_that_accepts_gzip_gets_the_same_exposition_compressed(system: System) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", system.ports["metrics"], timeout=5)
+
+    def scrape(accept_encoding: str) -> tuple[str | None, bytes]:
+        connection.request("GET", "/metrics", headers={"Accept-Encoding": accept_encoding})
+        answer = connection.getresponse()
+        body = answer.read()
+        assert answer.status == 200 and answer.getheader("Vary") == "Accept-Encoding"
+        return answer.getheader("Content-Encoding"), body
+
+    try:
+        # Prometheus asks this way, on one kept-alive connection. The exposition may still change (results
+        # arriving, a lag poll) between two scrapes: compare until two agree.
+        for _ in range(20):
+            plain = get(system.ports["metrics"])[2]
+            packed = [scrape("gzip"), scrape("gzip")]
+            if all(gzip.decompress(body).decode() == plain for _, body in packed):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the gzip exposition never matched the plain one")
+        for encoding, body in packed:
+            assert encoding == "gzip" and len(body) * 5 < len(plain.encode())
+        encoding, body = scrape("gzip;q=0, identity")
+        assert encoding is None and body.startswith(b"# HELP")
+        connection.request("GET", "/health", headers={"Accept-Encoding": "gzip"})
+        answer = connection.getresponse()
+        assert answer.getheader("Content-Encoding") is None and answer.read() == b"OK\n"  # too small to pack
+    finally:
+        connection.close()
 
 
 def test_promtool_accepts_every_listener(system: System) -> None:
