@@ -20,7 +20,16 @@ from services.modeling.kind import settings_from_args
 from services.modeling.modeler import Modeler, start_modeler
 from shared import bus, subjects
 from shared.config import parse_flags
-from shared.schemas import ModelingResult, PredictRequest, PredictResponse, Scenario
+from shared.resultsfile import decode_results
+from shared.runs import RunInput
+from shared.schemas import (
+    ModelingResult,
+    PredictRequest,
+    PredictResponse,
+    RunManifest,
+    Scenario,
+    ScenarioMessage,
+)
 from shared.worker import RunWorker
 from tests.conftest import EXAMPLES, NatsServer
 from tests.helpers import decoded, eventually, running_ingest
@@ -165,3 +174,52 @@ async def test_too_few_scenarios_give_no_model_and_say_why(
     assert all(s.predicted_power_w is None for s in result.scenarios)
     assert any("no prediction" in note for note in result.scenarios[1].notes)
     assert result.scenarios[1].mean_power_w is not None  # the statistics are still there
+
+
+def _distinct_run(run_id: str, scale: float) -> RunInput:
+    """The example run under another id, its energies scaled: another content, the same machine."""
+    doc = json.loads((EXAMPLES / f"{RUN}.json").read_text())
+    for scenario in doc["scenarios"]:
+        scenario["telemetry"]["energy_joules"] *= scale
+    parsed = decode_results(json.dumps(doc).encode(), f"{run_id}.json")
+    manifest = RunManifest(
+        run_id=parsed.run_id,
+        digest=parsed.digest,
+        file_name=parsed.file_name,
+        file_sha256=parsed.sha256,
+        file_bytes=parsed.size,
+        scenario_count=len(parsed.results.scenarios),
+        generation=1,
+        ingested_at=0.0,
+    )
+    messages = [
+        ScenarioMessage(run_id=parsed.run_id, digest=parsed.digest, index=i, scenario=s)
+        for i, s in enumerate(parsed.results.scenarios)
+    ]
+    return RunInput(manifest, messages)
+
+
+async def test_runs_waiting_in_hand_defer_training_to_the_last_of_them(nc: NATS) -> None:
+    await bus.ensure_topology(nc.jetstream())
+    modeler = await start_modeler(nc, settings_from_args(parse_flags(modeling_flags)))
+    try:
+        first = await modeler.compute(_distinct_run("test_results_20990101_000001", 1.0))
+        assert first.model is not None and first.model.runs == ["test_results_20990101_000001"]
+        # Two runs in hand at once (the worker holds up to four): the first of them is served by the model
+        # of a moment ago, the last trains on every point.
+        second, third = await asyncio.gather(
+            modeler.compute(_distinct_run("test_results_20990101_000002", 1.1)),
+            modeler.compute(_distinct_run("test_results_20990101_000003", 1.2)),
+        )
+        assert second.model is not None and second.model.runs == ["test_results_20990101_000001"]
+        assert third.model is not None and third.model.runs == [
+            "test_results_20990101_000001",
+            "test_results_20990101_000002",
+            "test_results_20990101_000003",
+        ]
+        assert third.model.n_train == 3 * 14
+        # Alone again: a run trains at once.
+        fourth = await modeler.compute(_distinct_run("test_results_20990101_000004", 1.3))
+        assert fourth.model is not None and fourth.model.n_train == 4 * 14
+    finally:
+        await modeler.close()

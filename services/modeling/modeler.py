@@ -59,6 +59,8 @@ class Modeler:
         self.service: Service | None = None
         #: The worker handles several runs at once; history and models change one run at a time.
         self._lock = asyncio.Lock()
+        #: Runs in hand waiting for the lock: like a consumer backlog, they mean "a later run will train".
+        self._waiting = 0
 
     async def load_models(self) -> None:
         """Reload every saved model (a restarted worker answers predictions at once)."""
@@ -104,8 +106,15 @@ class Modeler:
         raise RuntimeError(f"could not update the training history of {fingerprint} (too much contention)")
 
     async def compute(self, run: RunInput) -> ModelingResult:
-        async with self._lock:
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             return await self._compute(run)
+        finally:
+            self._lock.release()
 
     async def _compute(self, run: RunInput) -> ModelingResult:
         manifest = run.manifest
@@ -132,7 +141,8 @@ class Modeler:
         history = await self._merge_history(fingerprint, manifest.run_id, manifest.file_sha256, points)
         current = self.models.get(fingerprint)
         model_or_reason: PowerModel | str
-        if run.backlog and current is not None and time.time() - current.info.trained_at < DEFER_TRAINING_S:
+        burst = run.backlog or self._waiting
+        if burst and current is not None and time.time() - current.info.trained_at < DEFER_TRAINING_S:
             # A burst of runs: the history takes this run's points now, and the last run of the burst trains
             # on all of them; meanwhile predictions come from the model of a moment ago (its info says so).
             model_or_reason = current
