@@ -31,16 +31,21 @@ GZIP_LEVEL = 3
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` header admits gzip (``gzip;q=0`` refuses it)."""
+    """Whether an ``Accept-Encoding`` header admits gzip: named with a non-zero q, or not named and ``*`` is
+    (``gzip;q=0`` refuses it)."""
+    quality: dict[str, float] = {}
     for item in accept_encoding.split(","):
         name, _, params = item.strip().partition(";")
-        if name.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower().removeprefix("q=")
-            try:
-                return not params or float(q) > 0
-            except ValueError:
-                return True
-    return False
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[name.strip().lower()] = q
+    return quality.get("gzip", quality.get("*", 0.0)) > 0
 
 
 class StatusServer:

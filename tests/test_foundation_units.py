@@ -188,6 +188,9 @@ def test_committed_json_schemas_are_current(tmp_path: Path) -> None:
         ("*", True),
         ("gzip;q=0", False),
         ("gzip;q=0.0, identity", False),
+        ("*;q=0, gzip", True),  # named beats the wildcard, whatever the order
+        ("gzip;q=0, *", False),
+        ("br, *;q=0.1", True),
         ("identity", False),
         ("", False),
     ],

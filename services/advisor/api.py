@@ -154,14 +154,13 @@ class Advisor:
 
     async def _on_result(self, msg: Msg) -> None:
         kind = subjects.result_kind(msg.subject)
-        if kind is None:
-            return
-        with contextlib.suppress(msgspec.DecodeError):
-            envelope = self._envelope.decode(msg.data)
-            self.generations[(kind, envelope.digest)] = envelope.generation
-            # A new or recomputed result: the run's kept bundle is stale.
-            for cached in [k for k in self._bundles if k[0] == envelope.digest]:
-                del self._bundles[cached]
+        if kind is not None:
+            with contextlib.suppress(msgspec.DecodeError):
+                envelope = self._envelope.decode(msg.data)
+                self.generations[(kind, envelope.digest)] = envelope.generation
+                # A new or recomputed result: the run's kept bundle is stale.
+                for cached in [k for k in self._bundles if k[0] == envelope.digest]:
+                    del self._bundles[cached]
         if msg.metadata is not None:
             async with self._results_seen:
                 self._results_seq = max(self._results_seq, msg.metadata.sequence.stream)
