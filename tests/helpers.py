@@ -111,13 +111,13 @@ def without_nulls(value: Any) -> Any:
     return value
 
 
-def run_input(*scenarios: Scenario) -> RunInput:
-    """An in-memory run of these scenarios, as a worker receives it."""
+def run_input(*scenarios: Scenario, run_id: str = "r", file_sha256: str = "0" * 64) -> RunInput:
+    """An in-memory run of these scenarios, as a worker receives it (``file_sha256``: its content)."""
     manifest = RunManifest(
-        run_id="r",
+        run_id=run_id,
         digest="0123456789abcdef",
         file_name="f",
-        file_sha256="0" * 64,
+        file_sha256=file_sha256,
         file_bytes=1,
         scenario_count=len(scenarios),
         generation=1,
@@ -126,7 +126,7 @@ def run_input(*scenarios: Scenario) -> RunInput:
     return RunInput(
         manifest,
         [
-            ScenarioMessage(run_id="r", digest=manifest.digest, index=i, scenario=s)
+            ScenarioMessage(run_id=run_id, digest=manifest.digest, index=i, scenario=s)
             for i, s in enumerate(scenarios)
         ],
     )

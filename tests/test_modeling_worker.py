@@ -22,17 +22,10 @@ from shared import bus, subjects
 from shared.config import parse_flags
 from shared.resultsfile import decode_results
 from shared.runs import RunInput
-from shared.schemas import (
-    ModelingResult,
-    PredictRequest,
-    PredictResponse,
-    RunManifest,
-    Scenario,
-    ScenarioMessage,
-)
+from shared.schemas import ModelingResult, PredictRequest, PredictResponse, Scenario
 from shared.worker import RunWorker
 from tests.conftest import EXAMPLES, NatsServer
-from tests.helpers import decoded, eventually, running_ingest
+from tests.helpers import decoded, eventually, run_input, running_ingest
 
 RUN = "test_results_20251228_203216"
 
@@ -182,21 +175,7 @@ def _distinct_run(run_id: str, scale: float) -> RunInput:
     for scenario in doc["scenarios"]:
         scenario["telemetry"]["energy_joules"] *= scale
     parsed = decode_results(json.dumps(doc).encode(), f"{run_id}.json")
-    manifest = RunManifest(
-        run_id=parsed.run_id,
-        digest=parsed.digest,
-        file_name=parsed.file_name,
-        file_sha256=parsed.sha256,
-        file_bytes=parsed.size,
-        scenario_count=len(parsed.results.scenarios),
-        generation=1,
-        ingested_at=0.0,
-    )
-    messages = [
-        ScenarioMessage(run_id=parsed.run_id, digest=parsed.digest, index=i, scenario=s)
-        for i, s in enumerate(parsed.results.scenarios)
-    ]
-    return RunInput(manifest, messages)
+    return run_input(*parsed.results.scenarios, run_id=run_id, file_sha256=parsed.sha256)
 
 
 async def test_runs_waiting_in_hand_defer_training_to_the_last_of_them(nc: NATS) -> None:
