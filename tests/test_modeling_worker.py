@@ -202,3 +202,23 @@ async def test_runs_waiting_in_hand_defer_training_to_the_last_of_them(nc: NATS)
         assert fourth.model is not None and fourth.model.n_train == 4 * 14
     finally:
         await modeler.close()
+
+
+async def test_two_replicas_taking_turns_lose_no_training_point(nc: NATS, nats_server: NatsServer) -> None:
+    """Each replica writes the history over the copy it wrote last; when the other wrote in between, the
+    compare-and-set fails and the stored history is read again, so no run's points are lost."""
+    await bus.ensure_topology(nc.jetstream())
+    other = await nats.connect(nats_server.url)
+    settings = settings_from_args(parse_flags(modeling_flags))
+    replicas = [await start_modeler(nc, settings), await start_modeler(other, settings)]
+    try:
+        for i in range(4):  # a, b, a, b: every write after the first meets a history the other one changed
+            result = await replicas[i % 2].compute(
+                _distinct_run(f"test_results_20990101_00001{i}", 1 + i / 10)
+            )
+        assert result.model is not None and result.model.n_train == 4 * 14
+        assert result.model.runs == [f"test_results_20990101_00001{i}" for i in range(4)]
+    finally:
+        for modeler in replicas:
+            await modeler.close()
+        await other.close()
