@@ -61,8 +61,10 @@ class Modeler:
         self._lock = asyncio.Lock()
         #: Runs in hand waiting for the lock: like a consumer backlog, they mean "a later run will train".
         self._waiting = 0
-        #: machine fingerprint -> (KV revision, history) as this process last wrote it
+        #: machine fingerprint -> (KV revision, history) as this process last wrote it; not kept for the
+        #: histories another replica was seen writing, which are read before each write instead.
         self._history: dict[str, tuple[int, History]] = {}
+        self._shared_histories: set[str] = set()
 
     async def load_models(self) -> None:
         """Reload every saved model (a restarted worker answers predictions at once)."""
@@ -88,7 +90,8 @@ class Modeler:
 
         The history this process wrote last is kept with its revision and written over directly: one round
         trip per run instead of two, and no decoding of the whole history. When another replica wrote in
-        between, the compare-and-set fails and the stored history is read again."""
+        between, the compare-and-set fails and the stored history is read again, and from then on before every
+        write (with replicas taking turns, a kept copy would fail every time)."""
         known = self._history.get(fingerprint)
         for _ in range(10):
             if known is not None:
@@ -113,13 +116,17 @@ class Modeler:
             except KeyWrongLastSequenceError:
                 if known is None:
                     await asyncio.sleep(0.05)
+                else:
+                    # Another replica writes this history too: read it first from now on.
+                    self._shared_histories.add(fingerprint)
                 known = None
                 continue
             except BaseException:
                 # Written or not, the stored history is unknown now: read it next time.
                 self._history.pop(fingerprint, None)
                 raise
-            self._history[fingerprint] = (revision, History(points=merged))
+            if fingerprint not in self._shared_histories:
+                self._history[fingerprint] = (revision, History(points=merged))
             return merged
         raise RuntimeError(f"could not update the training history of {fingerprint} (too much contention)")
 
