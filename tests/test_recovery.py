@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -266,9 +267,22 @@ def test_a_killed_worker_of_up_processes_is_restarted_and_recomputes_the_run(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def start_up(tmp_path: Path, url: str, metrics_port: int) -> subprocess.Popen[str]:
+@dataclass
+class UpProcess:
+    """``transcode-energy up`` against an external server, its output collected as it comes."""
+
+    proc: subprocess.Popen[str]
+    output: list[str]
+    metrics_port: int
+    results: Path
+
+
+def start_up(tmp_path: Path, url: str) -> UpProcess:
+    results = tmp_path / "results"
+    results.mkdir()
+    metrics_port = free_port()
     argv = up_argv(
-        tmp_path / "results",
+        results,
         tmp_path / "n",
         nats_url=url,
         metrics_port=metrics_port,
@@ -277,28 +291,22 @@ def start_up(tmp_path: Path, url: str, metrics_port: int) -> subprocess.Popen[st
         cost_port=0,
     )
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
 
-
-def drain_output(proc: subprocess.Popen[str], into: list[str]) -> threading.Thread:
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            into.append(line)
+            output.append(line)
 
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=read, daemon=True).start()
+    return UpProcess(proc, output, metrics_port, results)
 
 
 def test_every_service_consumes_again_soon_after_a_nats_restart(tmp_path: Path) -> None:
     server = start_nats(tmp_path / "store")
-    metrics_port = free_port()
-    results = tmp_path / "results"
-    results.mkdir()
-    proc = start_up(tmp_path, server.url, metrics_port)
-    output: list[str] = []
-    drain_output(proc, output)
+    up = start_up(tmp_path, server.url)
+    proc, output, metrics_port, results = up.proc, up.output, up.metrics_port, up.results
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{metrics_port}/ready")[0] == 200, 60, "up ready")
         began = time.monotonic()
@@ -356,12 +364,8 @@ def test_services_started_before_the_server_come_up_and_process_a_run(tmp_path: 
         argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port)]
         server.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_nats("127.0.0.1", port, 15, server.proc)
-    metrics_port = free_port()
-    results = tmp_path / "results"
-    results.mkdir()
-    proc = start_up(tmp_path, server.url, metrics_port)
-    output: list[str] = []
-    drain_output(proc, output)
+    up = start_up(tmp_path, server.url)
+    proc, output, metrics_port, results = up.proc, up.output, up.metrics_port, up.results
     try:
         time.sleep(3)  # every service is connecting, or waiting for JetStream
         assert proc.poll() is None, "".join(output)

@@ -315,20 +315,21 @@ class Gateway:
         last_lag = -math.inf
         # Something arrived since the last lag poll: poll again lag_interval after the last one.
         active = True
+
+        def lag_due() -> float:
+            return last_lag + (lag_interval if active else max(lag_interval, IDLE_LAG_INTERVAL_S))
+
         stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             # Woken by any change or a stop; otherwise only when the consumer lag is due.
-            next_lag = last_lag + (lag_interval if active else max(lag_interval, IDLE_LAG_INTERVAL_S))
             changed = asyncio.ensure_future(self._dirty.wait())
             await asyncio.wait(
-                {changed, stopping}, timeout=max(0.05, next_lag - loop.time()), return_when="FIRST_COMPLETED"
+                {changed, stopping}, timeout=max(0.05, lag_due() - loop.time()), return_when="FIRST_COMPLETED"
             )
             changed.cancel()
             if stop.is_set():
                 break
-            if self._dirty.is_set():
-                active = True
-                next_lag = min(next_lag, last_lag + lag_interval)
+            active = active or self._dirty.is_set()
             self._dirty.clear()
             try:
                 pending = self.state.needs_scenarios()
@@ -336,7 +337,7 @@ class Gateway:
                     await self._load_scenarios(pending)
                 if self.state.reload_results is not None:
                     await self._reload_results(self.state.reload_results)
-                if loop.time() >= next_lag:
+                if loop.time() >= lag_due():
                     await self._poll_lag()
                     last_lag, active = loop.time(), False
             except Exception as exc:  # a NATS hiccup must not take the metrics down
