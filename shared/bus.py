@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -21,6 +22,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -397,15 +399,21 @@ class OrderedReplay:
     """Replays ``subject`` from its first message into ``handler``, in stream order, and survives server
     restarts.
 
-    It is an ephemeral *pull* consumer with a long poll, not nats-py's ordered push consumer: that one keeps a
-    flow-control task waking four times a second per subscription, so an idle system would not be idle. On
-    every reconnect the consumer (which a restarted server has forgotten) is created again from the stream
-    sequence after the last message handled, so nothing is missed and nothing is handled twice. Creating it
-    is retried while JetStream is not ready."""
+    It is an ephemeral pull consumer without acks, pulled continuously: one pull request asks for up to
+    ``BATCH`` messages and stays open for ``POLL_S``, and the next is sent once fewer than half of what was
+    asked for is still to come. A burst thus arrives without a request (or an ack) per message, and an idle
+    replay wakes once per ``POLL_S``. (nats-py's ordered push consumer keeps a flow-control task waking four
+    times a second per subscription; its ``fetch`` sends one or two requests per batch and waits on timers.)
 
-    #: How long one idle poll waits for a message (a wake-up per this many seconds when nothing happens).
+    The replay keeps its own place (the stream sequence of the last message handled), which is why the
+    consumer needs no acks: on every reconnect, and when the server says the consumer is gone, it is created
+    again from the next sequence, so nothing is missed and nothing is handled twice. Creating it is retried
+    while JetStream is not ready. ``handler`` is called for one message at a time; an exception it raises is
+    logged and the replay goes on with the next message."""
+
+    #: How long one pull request stays open (an idle replay sends one per this many seconds).
     POLL_S = 60.0
-    #: Messages taken per request while catching up.
+    #: Messages asked for per pull request.
     BATCH = 256
 
     def __init__(
@@ -418,72 +426,95 @@ class OrderedReplay:
         self.name = name or subject
         #: Stream sequence of the last message handled (0: none yet).
         self.last_seq = 0
-        self.sub: JetStreamContext.PullSubscription | None = None
+        self.stream: str | None = None
+        self.consumer: str | None = None
+        self.sub: Subscription | None = None
+        #: Counts subscriptions: a delivery to one that has been replaced is dropped.
+        self._subscription = 0
+        #: Messages asked for and not yet delivered (nor given up by an expired request).
+        self._outstanding = 0
         self._lock = asyncio.Lock()
         self._remove_hook: Callable[[], None] | None = None
-        self._pump: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def _subscribe(self) -> None:
+        if self.stream is None:
+            self.stream = await self.js.find_stream_name_by_subject(self.subject)
         config = js_api.ConsumerConfig(
+            filter_subject=self.subject,
             deliver_policy=(
                 js_api.DeliverPolicy.BY_START_SEQUENCE if self.last_seq else js_api.DeliverPolicy.ALL
             ),
             opt_start_seq=self.last_seq + 1 if self.last_seq else None,
-            ack_policy=js_api.AckPolicy.ALL,
+            ack_policy=js_api.AckPolicy.NONE,
             inactive_threshold=300.0,
             mem_storage=True,
         )
-        self.sub = await self.js.pull_subscribe(self.subject, durable=None, config=config)
-        self._pump = asyncio.get_running_loop().create_task(self._run(self.sub))
+        info = await self.js.add_consumer(self.stream, config)
+        self.consumer = info.name
+        self._outstanding = 0
+        self._subscription += 1
+        this = self._subscription
 
-    async def _handle(self, messages: list[Msg]) -> None:
-        for msg in messages:
-            await self.handler(msg)
+        async def deliver(msg: Msg) -> None:
+            if this == self._subscription and not self._closed:
+                await self._on_delivery(msg)
+
+        self.sub = await self.nc.subscribe(self.nc.new_inbox(), cb=deliver)
+        await self._pull()
+
+    async def _pull(self) -> None:
+        if self.sub is None:
+            return
+        request = {"batch": self.BATCH, "expires": int(self.POLL_S * 1e9)}
+        self._outstanding += self.BATCH
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # a reconnect subscribes and pulls again
+            await self.nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
+                json.dumps(request).encode(),
+                reply=self.sub.subject,
+            )
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if not msg.reply and "Status" in headers:
+            if headers["Status"] == "100":
+                return  # a heartbeat (none is asked for)
+            if headers["Status"] == "409" and "deleted" in str(headers.get("Description", "")).lower():
+                self._on_reconnect()  # the consumer is gone: create it again from where we are
+                return
+            # 408: a request expired; 409: it ended otherwise. Either says how much it still owed.
+            owed = headers.get("Nats-Pending-Messages")
+            self._outstanding = max(0, self._outstanding - int(owed)) if owed else 0
+        else:
+            self._outstanding -= 1
+            try:
+                await self.handler(msg)
+            except Exception:
+                log.exception("%s: handling the message on %s failed", self.name, msg.subject)
             with contextlib.suppress(Exception):
                 self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
-        with contextlib.suppress(*TRANSIENT_ERRORS):
-            await messages[-1].ack()  # AckAll: everything up to here
+        if self._outstanding <= self.BATCH // 2:
+            await self._pull()
 
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        # A pump ends when its subscription is replaced, even if a fetch in flight ignored the cancel.
-        while not self._closed and self.sub is sub:
-            try:
-                messages = await sub.fetch(1, timeout=self.POLL_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except TRANSIENT_ERRORS:
-                await asyncio.sleep(1.0)  # a reconnect recreates the consumer and this pump
-                continue
-            await self._handle(messages)
-            while not self._closed and self.sub is sub:  # catch up in batches while messages wait
-                try:
-                    more = await sub.fetch(self.BATCH, timeout=0.2)
-                except TRANSIENT_ERRORS:  # includes the timeout of an empty poll
-                    break
-                await self._handle(more)
-
-    async def start(self) -> JetStreamContext.PullSubscription:
+    async def start(self) -> None:
         async with self._lock:
             await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
         self._remove_hook = on_reconnect(self.nc, self._on_reconnect)
-        assert self.sub is not None
-        return self.sub
+
+    async def consumer_info(self) -> js_api.ConsumerInfo:
+        """The replay's consumer as the server sees it (how many messages it still has to deliver)."""
+        assert self.stream is not None and self.consumer is not None, "start() first"
+        info: js_api.ConsumerInfo = await self.js.consumer_info(self.stream, self.consumer)
+        return info
 
     def _on_reconnect(self) -> None:
-        if not self._closed:
+        if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._resubscribe())
 
-    async def _stop_pump(self) -> None:
-        pump, self._pump = self._pump, None
+    async def _unsubscribe(self) -> None:
         old, self.sub = self.sub, None
-        if pump is not None and not pump.done():
-            pump.cancel()
-            # Bounded: a fetch in flight on a dead connection may not honour the cancel at once.
-            await asyncio.wait({pump}, timeout=2.0)
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.unsubscribe(), timeout=2.0)
@@ -492,7 +523,7 @@ class OrderedReplay:
         async with self._lock:
             if self._closed:
                 return
-            await self._stop_pump()
+            await self._unsubscribe()
             try:
                 await retry_not_ready(f"the subscription to {self.name}", self._subscribe)
             except Exception as exc:
@@ -508,7 +539,7 @@ class OrderedReplay:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        await self._stop_pump()
+        await self._unsubscribe()
 
 
 # ---------------------------------------------------------------------------------------------------------

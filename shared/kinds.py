@@ -41,7 +41,8 @@ class Computer(Protocol):
 @runtime_checkable
 class InputsIndex(Protocol):
     """A derived kind's computer that follows the results stream itself can spare the worker a read: a
-    result that completes nothing yet (two of every three arrivals for advice) is acked without one."""
+    result that is not the last of its run's set to be stored (two of every three arrivals for advice) is
+    acked without one."""
 
     async def inputs_incomplete(self, digest: str, seq: int, needs: Collection[str]) -> bool: ...
 

@@ -1,5 +1,5 @@
-"""The advisor's index of stored results spares the advice kind a read for every result that completes
-nothing yet; it decides only once it has seen the results stream up to the result that woke the kind, and
+"""The advisor's index of stored results spares the advice kind a read for every result that is not the last
+of its run's set; it decides only once it has seen the results stream up to the result that woke the kind, and
 otherwise leaves the decision to the worker's own read (real nats-server)."""
 
 from __future__ import annotations
@@ -79,5 +79,25 @@ async def test_the_index_waits_for_the_result_that_woke_the_kind(nc: NATS) -> No
         started = asyncio.get_running_loop().time()
         assert not await advisor.inputs_incomplete(DIGEST, seq + 1_000, NEEDS)
         assert asyncio.get_running_loop().time() - started >= api.INDEX_WAIT_S * 0.9
+    finally:
+        await advisor.close()
+
+
+async def test_only_the_last_result_of_a_complete_set_reads(nc: NATS) -> None:
+    """Results stored in quick succession: by the time the earlier ones are checked the index already holds
+    the whole set, but only the wake-up of the last one needs to read (the others would compute twice)."""
+    await bus.ensure_topology(nc.jetstream())
+    advisor = await api.start_advisor(nc, settings_from_args(parse_flags(add_arguments)))
+    try:
+        seqs = {kind: await _publish(nc, kind, 1) for kind in NEEDS}
+        await _caught_up(advisor, max(seqs.values()))
+        assert await advisor.inputs_incomplete(DIGEST, seqs["modeling"], NEEDS)
+        assert await advisor.inputs_incomplete(DIGEST, seqs["cost"], NEEDS)
+        assert not await advisor.inputs_incomplete(DIGEST, seqs["qoe"], NEEDS)
+        # The cost result computed again: now it is the one whose wake-up reads.
+        again = await _publish(nc, "cost", 1)
+        await _caught_up(advisor, again)
+        assert await advisor.inputs_incomplete(DIGEST, seqs["qoe"], NEEDS)
+        assert not await advisor.inputs_incomplete(DIGEST, again, NEEDS)
     finally:
         await advisor.close()

@@ -121,6 +121,8 @@ class Advisor:
         #: published on its subject, which the stream keeps).
         self.manifests: dict[str, RunManifest] = {}
         self.generations: dict[tuple[str, str], int] = {}
+        #: (kind, digest) -> stream sequence of that stored result.
+        self.sequences: dict[tuple[str, str], int] = {}
         #: Stream sequence of the last result taken into ``generations``, and whether the index has caught up
         #: with the stream once (before that it cannot vouch for anything).
         self._results_seq = 0
@@ -158,6 +160,8 @@ class Advisor:
             with contextlib.suppress(msgspec.DecodeError):
                 envelope = self._envelope.decode(msg.data)
                 self.generations[(kind, envelope.digest)] = envelope.generation
+                if msg.metadata is not None:
+                    self.sequences[(kind, envelope.digest)] = msg.metadata.sequence.stream
                 # A new or recomputed result: the run's kept bundle is stale.
                 for cached in [k for k in self._bundles if k[0] == envelope.digest]:
                     del self._bundles[cached]
@@ -168,10 +172,11 @@ class Advisor:
                 self._results_seen.notify_all()
 
     async def inputs_incomplete(self, digest: str, seq: int, needs: Collection[str]) -> bool:
-        """True when this index shows that the results stream, up to sequence ``seq``, holds no complete set
-        of ``needs`` for ``digest`` (one missing, or generations that differ): the advice kind was woken by a
-        result that completes nothing yet, and a later result will wake it again. False when in doubt (the
-        index has not reached ``seq`` within ``INDEX_WAIT_S``): the worker then reads the stream itself."""
+        """True when this index shows that the result stored at sequence ``seq`` is not the one that completes
+        ``needs`` for ``digest``: one is missing or the generations differ (a later result will complete the
+        set), or one of them was stored after ``seq`` (it wakes the advice kind in its turn, so this wake-up
+        can be skipped). False when in doubt (the index has not reached ``seq`` within ``INDEX_WAIT_S``): the
+        worker then reads the stream itself."""
         if not self._results_live:
             return False
         try:
@@ -180,7 +185,9 @@ class Advisor:
         except TimeoutError:
             return False
         stored = {self.generations.get((kind, digest)) for kind in needs}
-        return None in stored or len(stored) > 1
+        if None in stored or len(stored) > 1:
+            return True
+        return any(self.sequences.get((kind, digest), 0) > seq for kind in needs)
 
     async def _on_deleted(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):

@@ -271,8 +271,8 @@ class Gateway:
         # Resubscribes by itself after a reconnect (a restarted server has forgotten ordered consumers).
         replay = bus.OrderedReplay(self.nc, subject, handler, name=f"{name} ({subject})")
         self._subs.append(replay)
-        sub = await replay.start()
-        info = await bus.retry_not_ready(f"the {name} consumer", sub.consumer_info)
+        await replay.start()
+        info = await bus.retry_not_ready(f"the {name} consumer", replay.consumer_info)
         if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             self._caught_up[name] = True
         else:

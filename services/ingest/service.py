@@ -88,6 +88,8 @@ T = TypeVar("T")
 SERVICE = "ingest"
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 30.0
+#: How often the file watcher's thread wakes to look for changes, ms (see ``_watcher``).
+WATCH_STEP_MS = 100
 #: An exception's text can be anything, up to a whole document: the event and sidecar keep its start.
 _MAX_INTERNAL_MESSAGE = 2000
 #: Exit codes of one-shot mode and --reenrich besides 0 and 1 (bad input): NATS unreachable, interrupted.
@@ -687,9 +689,10 @@ class IngestService:
             self.root,
             stop_event=stop,
             debounce=self.settings.debounce_ms,
-            # How often the watcher thread wakes to look for changes: 5 times a second keeps an idle system
-            # idle and still publishes a dropped file well within half a second.
-            step=min(200, self.settings.debounce_ms),
+            # How often the watcher thread wakes to look for changes. A batch is handed over one to two
+            # steps after its first event, so the step is most of the time from a drop to its first message;
+            # each wake-up costs about 16 us of CPU (0.016 % of a core at 10 a second, 0.056 % more at 20).
+            step=min(WATCH_STEP_MS, self.settings.debounce_ms),
             # The watcher thread checks ``stop`` every step, so it need not come back to the event loop every
             # 5 s (watchfiles' default) to be stoppable: once a minute keeps an idle loop asleep.
             rust_timeout=60_000,
