@@ -481,7 +481,8 @@ class OrderedReplay:
         if not msg.reply and "Status" in headers:
             if headers["Status"] == "100":
                 return  # a heartbeat (none is asked for)
-            if headers["Status"] == "409" and "deleted" in str(headers.get("Description", "")).lower():
+            deleted = headers["Status"] == "409" and "deleted" in str(headers.get("Description", "")).lower()
+            if deleted or headers["Status"] == "503":  # 503: nothing answers the consumer's subject
                 self._on_reconnect()  # the consumer is gone: create it again from where we are
                 return
             # 408: a request expired; 409: it ended otherwise. Either says how much it still owed.

@@ -18,16 +18,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -60,8 +59,12 @@ ACK_WAIT_S = 20.0
 #: How often a busy worker says it is still working on a run (well inside ACK_WAIT_S).
 PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
-#: Longest one pull request waits for a run while the worker is idle.
+#: How long one pull request stays open (an idle worker sends one per this many seconds).
 FETCH_WAIT_S = 60.0
+#: Beyond FETCH_WAIT_S, how long a worker waits for the end of its pull request before asking again.
+PULL_GRACE_S = 5.0
+#: How long a worker waits before creating its durable consumer again when the server says it is gone.
+MISSING_CONSUMER_PAUSE_S = 1.0
 #: Runs one worker process handles at once. While one run waits on NATS (its scenarios, its result's ack)
 #: the next is read; with one at a time, a burst of small runs was paced by round trips, not by the CPU.
 CONCURRENCY = 4
@@ -353,100 +356,123 @@ class RunWorker:
         )
         if self.fingerprint is not None:
             await self._replay_if_settings_changed(stream)
-        await bus.ensure_pull_consumer(
-            self.js, stream, self.kind, source, ack_wait=ACK_WAIT_S, max_deliver=self.max_deliver
-        )
-        sub = await self.js.pull_subscribe_bind(self.kind, stream=stream)
-        # A restarted server has forgotten the pull request in flight: on a reconnect the long poll is
-        # re-issued at once instead of waiting out its FETCH_WAIT_S.
-        reconnected = asyncio.Event()
-        remove_hook = bus.on_reconnect(self.nc, reconnected.set)
+
+        async def ensure_consumer() -> None:
+            await bus.ensure_pull_consumer(
+                self.js, stream, self.kind, source, ack_wait=ACK_WAIT_S, max_deliver=self.max_deliver
+            )
+
+        await ensure_consumer()
         self.ready.set()
         log.info("%s worker consuming %s as durable %r", self.kind, ", ".join(source), self.kind)
-        stopping = asyncio.ensure_future(stop.wait())
+        await self._consume(stream, stop, ensure_consumer)
+
+    async def _consume(
+        self, stream: str, stop: asyncio.Event, ensure_consumer: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Take runs from the durable consumer until ``stop``, ``CONCURRENCY`` at most in hand.
+
+        Pulled continuously: a pull request asks for as many runs as there are free slots (so a run taken
+        is a run started, its ack wait not spent queueing) and stays open for ``FETCH_WAIT_S``; the next is
+        sent once half the slots are free and not asked for. A burst thus costs a pull request per two runs,
+        an idle worker one per ``FETCH_WAIT_S``. What a restarted server forgot is asked for again on the
+        reconnect; what it never answers is given up after ``FETCH_WAIT_S`` and a grace period. A consumer
+        that is gone (deleted by hand, or by a replica applying new settings) is created again after
+        ``MISSING_CONSUMER_PAUSE_S``."""
+        loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Task[None]] = set()
+        #: Runs asked for and not yet delivered (nor given up by an ended request).
+        requested = 0
+        #: Anything heard from the server, a slot freed, a reconnect, the stop: time to look again.
+        changed = asyncio.Event()
+        #: Set when the server says the consumer does not exist (503: nothing answers its subject) or was
+        #: deleted under a pull request (409).
+        missing = False
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.kind}"
+        inbox = self.nc.new_inbox()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            changed.set()
+
+        async def on_delivery(msg: Msg) -> None:
+            nonlocal requested, missing
+            changed.set()
+            headers = msg.headers or {}
+            if not msg.reply and "Status" in headers:
+                status = headers["Status"]
+                if status != "100":  # 408: a request expired; 409: it ended otherwise; 503: no consumer
+                    owed = headers.get("Nats-Pending-Messages")
+                    requested = max(0, requested - int(owed)) if owed else 0
+                    description = str(headers.get("Description", "")).lower()
+                    missing = missing or status == "503" or "deleted" in description
+                return
+            requested = max(0, requested - 1)
+            if stop.is_set():
+                # Taken after the stop: handed back at once, to another replica or the next start.
+                with contextlib.suppress(*_TRANSIENT):
+                    await msg.nak()
+                return
+            task = loop.create_task(self._handle_one(msg))
+            in_flight.add(task)
+            task.add_done_callback(finished)
+
+        def reconnected() -> None:
+            nonlocal requested
+            requested = 0  # a restarted server has forgotten the pull requests in flight
+            changed.set()
+
+        sub = await self.nc.subscribe(inbox, cb=on_delivery)
+        remove_hook = bus.on_reconnect(self.nc, reconnected)
+        stopping = loop.create_task(stop.wait())
+        stopping.add_done_callback(lambda _: changed.set())
         try:
-            await self._consume(sub, stop, stopping, reconnected)
+            while not stop.is_set():
+                if missing:
+                    # Not at once: whoever deleted it may be creating it again (with new settings).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=MISSING_CONSUMER_PAUSE_S)
+                    if stop.is_set():
+                        break
+                    try:
+                        await ensure_consumer()
+                    except Exception as exc:
+                        log.warning("%s: cannot create its consumer (%s); retrying", self.kind, exc)
+                        continue
+                    log.info("%s: its consumer was gone; consuming again", self.kind)
+                    missing = False
+                changed.clear()
+                free = CONCURRENCY - len(in_flight) - requested
+                if free > 0 and (requested == 0 or free >= CONCURRENCY // 2):
+                    request = {"batch": free, "expires": int(FETCH_WAIT_S * 1e9)}
+                    requested += free
+                    try:
+                        await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                    except _TRANSIENT as exc:
+                        requested -= free
+                        log.warning("%s: cannot ask for runs (%s); retrying", self.kind, type(exc).__name__)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=1.0)
+                        continue
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=FETCH_WAIT_S + PULL_GRACE_S)
+                except TimeoutError:
+                    requested = 0  # nothing heard for longer than a request lives: none of ours is open
         finally:
             remove_hook()
             stopping.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
-    async def _consume(
-        self,
-        sub: JetStreamContext.PullSubscription,
-        stop: asyncio.Event,
-        stopping: asyncio.Future[Any],
-        reconnected: asyncio.Event,
-    ) -> None:
-        slots = asyncio.Semaphore(CONCURRENCY)
-        in_flight: set[asyncio.Task[None]] = set()
-        try:
-            while not stop.is_set():
-                # A run is taken only when a slot is free for it: a run fetched is a run held (its ack wait
-                # runs), so none waits unstarted behind the others.
-                acquiring = asyncio.ensure_future(slots.acquire())
-                await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not acquiring.done():
-                    acquiring.cancel()
-                    break
-                messages = await self._fetch(sub, stop, stopping, reconnected)
-                if not messages:
-                    slots.release()
-                    continue
-                for msg in messages:  # fetch(1): one
-                    task = asyncio.ensure_future(self._handle_in_slot(msg, slots))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-        finally:
-            # A stop lets the runs in hand finish (each ends acked, nak'ed or terminated), as before.
+            # A stop lets the runs in hand finish (each ends acked, nak'ed or terminated).
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _handle_in_slot(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+    async def _handle_one(self, msg: Msg) -> None:
         try:
             await self.handle(msg)
         except Exception:
             # handle() reports every failure it expects; anything else must not vanish with its task.
             log.exception("%s: handling %s failed unexpectedly", self.kind, msg.subject)
-        finally:
-            slots.release()
-
-    async def _fetch(
-        self,
-        sub: JetStreamContext.PullSubscription,
-        stop: asyncio.Event,
-        stopping: asyncio.Future[Any],
-        reconnected: asyncio.Event,
-    ) -> list[Msg]:
-        """One long poll for one message: none when it timed out, failed, was stopped or a reconnect
-        interrupted it."""
-        # A long poll (one pull request every FETCH_WAIT_S while idle) keeps an idle worker idle; a stop
-        # does not wait for it, and a reconnect re-issues it.
-        reconnected.clear()
-        fetching = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
-        reconnecting = asyncio.ensure_future(reconnected.wait())
-        waiting: set[asyncio.Future[Any]] = {fetching, stopping, reconnecting}
-        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        reconnecting.cancel()
-        if not fetching.done():
-            # A message the cancelled request brings later waits in the subscription's queue, where the
-            # next fetch takes it first.
-            fetching.cancel()
-            with contextlib.suppress(BaseException):
-                await fetching
-            if not stop.is_set():
-                log.info("%s: reconnected; pulling again", self.kind)
-            return []
-        try:
-            return fetching.result()
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except _TRANSIENT as exc:
-            if not stop.is_set():
-                log.warning("%s: fetch failed (%s); retrying", self.kind, type(exc).__name__)
-                await asyncio.sleep(1)
-            return []
 
 
 async def run_worker_service(

@@ -270,3 +270,130 @@ def test_gateway_keeps_only_the_latest_runs_results() -> None:
     assert not state.add_result("qoe", qoe("test_results_2", generation=1))  # an older generation never wins
     assert state.latest_run_id == "test_results_2"
     assert not state.add_manifest(manifest("test_results_2", generation=0))
+
+
+async def _publish_runs(nc: NATS, count: int, first: int = 0) -> None:
+    js = nc.jetstream()
+    publisher = RunPublisher(js, await bus.ensure_kv(js, subjects.KV_INGESTED), max_payload=nc.max_payload)
+    for r in range(first, first + count):
+        doc = {
+            "scenarios": [
+                {
+                    "name": "2 Streams @ 2500k",
+                    "bitrate": "2500k",
+                    "resolution": "1280x720",
+                    "fps": 30,
+                    "start_time": 0,
+                    "end_time": 10,
+                    "telemetry": {"step_seconds": 5, "power_watts": [10.0, 11.0, 12.0]},
+                }
+            ]
+        }
+        await publisher.publish(decode_results(json.dumps(doc).encode(), f"test_results_2026{r:04d}.json"))
+
+
+async def test_a_worker_holds_at_most_its_slots_and_asks_once_per_two_runs(nc: NATS) -> None:
+    """Runs are pulled continuously, never more than CONCURRENCY in hand (a run taken is a run started), and a
+    burst costs about one pull request per two runs, not one per run."""
+    from shared import worker as worker_module
+
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    settings = settings_from_args(cost_args())
+    gate = asyncio.Event()
+    running = 0
+    most = 0
+
+    class Gated:
+        async def compute(self, run: RunInput) -> CostResult:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await gate.wait()
+            running -= 1
+            return compute_costs(run, settings)
+
+        async def close(self) -> None:
+            return None
+
+    requests: list[bytes] = []
+
+    async def spy(msg: Any) -> None:
+        requests.append(msg.data)
+
+    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.INGEST_STREAM}.cost", cb=spy)
+    worker = RunWorker(nc, kind="cost", compute=Gated())
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await worker.ready.wait()
+        await _publish_runs(nc, 12)
+
+        async def slots_full() -> bool:
+            return running == worker_module.CONCURRENCY
+
+        await eventually(slots_full, timeout=10, what="every slot busy")
+        await asyncio.sleep(0.3)
+        info = await js.consumer_info(subjects.INGEST_STREAM, "cost")
+        assert info.num_ack_pending == worker_module.CONCURRENCY  # the other runs wait on the server
+        assert info.num_pending == 12 - worker_module.CONCURRENCY
+        gate.set()
+
+        async def all_done() -> bool:
+            return worker.processed == 12
+
+        await eventually(all_done, timeout=30, what="12 runs costed")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sub.unsubscribe()
+    assert most == worker_module.CONCURRENCY
+    assert len(requests) <= 12 // 2 + 2, [r.decode() for r in requests]
+
+
+async def test_a_worker_creates_its_deleted_consumer_again(nc: NATS) -> None:
+    """The durable consumer deleted under the worker (by hand, or by a replica applying new settings that has
+    not created it again yet): the worker pauses, creates it and consumes, without hammering the server."""
+    from shared import worker as worker_module
+
+    js = nc.jetstream()
+    await bus.ensure_topology(js)
+    settings = settings_from_args(cost_args())
+
+    class Plain:
+        async def compute(self, run: RunInput) -> CostResult:
+            return compute_costs(run, settings)
+
+        async def close(self) -> None:
+            return None
+
+    requests: list[bytes] = []
+
+    async def spy(msg: Any) -> None:
+        requests.append(msg.data)
+
+    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.INGEST_STREAM}.cost", cb=spy)
+    worker = RunWorker(nc, kind="cost", compute=Plain())
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await worker.ready.wait()
+
+        async def waiting() -> bool:
+            return bool((await js.consumer_info(subjects.INGEST_STREAM, "cost")).num_waiting)
+
+        await eventually(waiting, timeout=10, what="the worker's pull request")
+        await js.delete_consumer(subjects.INGEST_STREAM, "cost")
+        await _publish_runs(nc, 1)
+
+        async def done() -> bool:
+            return worker.processed == 1
+
+        await eventually(done, timeout=10, what="the run after the consumer was deleted")
+        info = await js.consumer_info(subjects.INGEST_STREAM, "cost")
+        assert info.config.ack_wait == worker_module.ACK_WAIT_S
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sub.unsubscribe()
+    assert len(requests) <= 4, [r.decode() for r in requests]  # the first, the one after, a spare
