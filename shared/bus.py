@@ -203,7 +203,8 @@ def on_reconnect(nc: NATS, hook: Callable[[], None]) -> Callable[[], None]:
 
     The NATS client replays core subscriptions by itself, but what lives in the server's memory is gone after
     a restart: pull requests in flight and ordered (ephemeral, memory) consumers. Waiting for them to time out
-    costs up to a fetch wait or two missed idle heartbeats; reacting to the reconnect costs nothing while idle.
+    costs up to a pull request's life or two missed idle heartbeats; reacting to the reconnect costs nothing
+    while idle.
     """
     hooks = _RECONNECT_HOOKS.setdefault(nc, [])
     hooks.append(hook)
@@ -400,9 +401,9 @@ class OrderedReplay:
     restarts.
 
     It is an ephemeral pull consumer without acks, pulled continuously: one pull request asks for up to
-    ``BATCH`` messages and stays open for ``POLL_S``, and the next is sent once fewer than half of what was
+    ``BATCH`` messages and stays open for ``PULL_EXPIRES_S``, and the next is sent once fewer than half of what was
     asked for is still to come. A burst thus arrives without a request (or an ack) per message, and an idle
-    replay wakes once per ``POLL_S``. (nats-py's ordered push consumer keeps a flow-control task waking four
+    replay wakes once per ``PULL_EXPIRES_S``. (nats-py's ordered push consumer keeps a flow-control task waking four
     times a second per subscription; its ``fetch`` sends one or two requests per batch and waits on timers.)
 
     The replay keeps its own place (the stream sequence of the last message handled), which is why the
@@ -412,7 +413,7 @@ class OrderedReplay:
     logged and the replay goes on with the next message."""
 
     #: How long one pull request stays open (an idle replay sends one per this many seconds).
-    POLL_S = 60.0
+    PULL_EXPIRES_S = 60.0
     #: Messages asked for per pull request.
     BATCH = 256
 
@@ -467,7 +468,7 @@ class OrderedReplay:
     async def _pull(self) -> None:
         if self.sub is None:
             return
-        request = {"batch": self.BATCH, "expires": int(self.POLL_S * 1e9)}
+        request = {"batch": self.BATCH, "expires": int(self.PULL_EXPIRES_S * 1e9)}
         self._outstanding += self.BATCH
         with contextlib.suppress(*TRANSIENT_ERRORS):  # a reconnect subscribes and pulls again
             await self.nc.publish(

@@ -60,8 +60,8 @@ ACK_WAIT_S = 20.0
 PROGRESS_EVERY_S = 5.0
 MAX_DELIVER = 5
 #: How long one pull request stays open (an idle worker sends one per this many seconds).
-FETCH_WAIT_S = 60.0
-#: Beyond FETCH_WAIT_S, how long a worker waits for the end of its pull request before asking again.
+PULL_EXPIRES_S = 60.0
+#: Beyond PULL_EXPIRES_S, how long a worker waits for the end of its pull request before asking again.
 PULL_GRACE_S = 5.0
 #: How long a worker waits before creating its durable consumer again when the server says it is gone.
 MISSING_CONSUMER_PAUSE_S = 1.0
@@ -373,10 +373,10 @@ class RunWorker:
         """Take runs from the durable consumer until ``stop``, ``CONCURRENCY`` at most in hand.
 
         Pulled continuously: a pull request asks for as many runs as there are free slots (so a run taken
-        is a run started, its ack wait not spent queueing) and stays open for ``FETCH_WAIT_S``; the next is
+        is a run started, its ack wait not spent queueing) and stays open for ``PULL_EXPIRES_S``; the next is
         sent once half the slots are free and not asked for. A burst thus costs a pull request per two runs,
-        an idle worker one per ``FETCH_WAIT_S``. What a restarted server forgot is asked for again on the
-        reconnect; what it never answers is given up after ``FETCH_WAIT_S`` and a grace period. A consumer
+        an idle worker one per ``PULL_EXPIRES_S``. What a restarted server forgot is asked for again on the
+        reconnect; what it never answers is given up after ``PULL_EXPIRES_S`` and a grace period. A consumer
         that is gone (deleted by hand, or by a replica applying new settings) is created again after
         ``MISSING_CONSUMER_PAUSE_S``."""
         loop = asyncio.get_running_loop()
@@ -444,7 +444,7 @@ class RunWorker:
                 changed.clear()
                 free = CONCURRENCY - len(in_flight) - requested
                 if free > 0 and (requested == 0 or free >= CONCURRENCY // 2):
-                    request = {"batch": free, "expires": int(FETCH_WAIT_S * 1e9)}
+                    request = {"batch": free, "expires": int(PULL_EXPIRES_S * 1e9)}
                     requested += free
                     try:
                         await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
@@ -455,7 +455,7 @@ class RunWorker:
                             await asyncio.wait_for(stop.wait(), timeout=1.0)
                         continue
                 try:
-                    await asyncio.wait_for(changed.wait(), timeout=FETCH_WAIT_S + PULL_GRACE_S)
+                    await asyncio.wait_for(changed.wait(), timeout=PULL_EXPIRES_S + PULL_GRACE_S)
                 except TimeoutError:
                     requested = 0  # nothing heard for longer than a request lives: none of ours is open
         finally:

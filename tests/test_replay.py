@@ -58,7 +58,7 @@ async def test_replays_every_message_once_in_order_with_few_pull_requests(nc: NA
 
 
 async def test_keeps_pulling_after_its_requests_expire(nc: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bus.OrderedReplay, "POLL_S", 0.3)
+    monkeypatch.setattr(bus.OrderedReplay, "PULL_EXPIRES_S", 0.3)
     await bus.ensure_topology(nc.jetstream())
     seen: list[int] = []
 
