@@ -17,7 +17,7 @@ import argparse
 import asyncio
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from shared.families import Family, RunView
 from shared.runs import RunInput
@@ -25,6 +25,8 @@ from shared.schemas import ResultEnvelope
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
+
+T = TypeVar("T")
 
 #: The legacy listeners a kind's families may also appear on (besides the gateway's own :9520).
 LEGACY_LISTENERS = ("results", "qoe", "cost")
@@ -59,8 +61,12 @@ class Kind:
     settings: Callable[[argparse.Namespace], Any]
     #: Families this kind contributes to the gateway for the latest run.
     families: Callable[[RunView], list[Family]]
-    #: Pure computation ``(run, settings) -> result``, run in a worker thread (off the event loop).
+    #: Pure computation ``(run, settings) -> result``: on the event loop for a small run, in a worker thread
+    #: for a large one (``run_maths``), and always in a thread when ``blocking`` says so.
     compute: Callable[[RunInput, Any], ResultEnvelope] | None = None
+    #: Whether ``compute`` may wait on the network with these settings (the cost kind's carbon-intensity
+    #: lookup, when Electricity Maps is configured).
+    blocking: Callable[[Any], bool] | None = None
     #: For stateful kinds instead of ``compute``: ``await open(nc, settings)`` gives a Computer.
     open: Callable[[NATS, Any], Awaitable[Computer]] | None = None
     #: The legacy listener (``results``, ``qoe``, ``cost``) whose scrape also shows this kind's families.
@@ -80,15 +86,29 @@ class Kind:
             raise ValueError(f"kind {self.name!r}: unknown listener {self.listener!r}")
 
 
-class _ThreadComputer:
-    def __init__(self, fn: Callable[[RunInput, Any], ResultEnvelope], settings: Any) -> None:
+#: Work on up to this many items (a run's scenarios, a model's training points) is done on the event loop:
+#: it takes well under a millisecond there, less than handing it to a worker thread and back.
+INLINE_MAX_ITEMS = 64
+
+
+async def run_maths(items: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, pure CPU work proportional to ``items``: on the event loop when small, in a worker thread
+    when large enough to stall scrapes and ingestion in the same process."""
+    if items <= INLINE_MAX_ITEMS:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+class _Computer:
+    def __init__(self, fn: Callable[[RunInput, Any], ResultEnvelope], settings: Any, blocking: bool) -> None:
         self.fn = fn
         self.settings = settings
+        self.blocking = blocking
 
     async def compute(self, run: RunInput) -> ResultEnvelope:
-        # CPU-bound (and, for cost, a network lookup with a timeout): keep it off the event loop so scrapes
-        # and ingestion in the same process never stall.
-        return await asyncio.to_thread(self.fn, run, self.settings)
+        if self.blocking:  # it may wait on the network: never on the event loop
+            return await asyncio.to_thread(self.fn, run, self.settings)
+        return await run_maths(len(run.scenarios), self.fn, run, self.settings)
 
     async def close(self) -> None:
         return None
@@ -98,4 +118,5 @@ async def open_computer(kind: Kind, nc: NATS, settings: Any) -> Computer:
     if kind.open is not None:
         return await kind.open(nc, settings)
     assert kind.compute is not None
-    return _ThreadComputer(kind.compute, settings)
+    blocking = kind.blocking is not None and kind.blocking(settings)
+    return _Computer(kind.compute, settings, blocking)

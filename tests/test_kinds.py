@@ -262,3 +262,46 @@ async def test_a_derived_kind_is_handed_only_the_results_it_needs(nc: NATS) -> N
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+async def test_small_runs_are_computed_on_the_loop_large_ones_and_network_lookups_in_a_thread() -> None:
+    import threading
+
+    from shared import kinds as kinds_module
+
+    loop_thread = threading.get_ident()
+    where: list[int] = []
+
+    def record(run: RunInput, settings: object) -> ResultEnvelope:
+        where.append(threading.get_ident())
+        return make_result(ResultEnvelope, run)
+
+    def scenario(i: int) -> Scenario:
+        return Scenario(name=f"s{i}", start_time=0.0, end_time=1.0)
+
+    small = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_ITEMS)))
+    large = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_ITEMS + 1)))
+    kind = Kind(
+        name="probe",
+        result=ResultEnvelope,
+        add_arguments=lambda parser: None,
+        settings=lambda args: None,
+        families=lambda view: [],
+        compute=record,
+    )
+    computer = await open_computer(kind, None, None)  # type: ignore[arg-type]
+    await computer.compute(small)
+    await computer.compute(large)
+    assert where[0] == loop_thread and where[1] != loop_thread
+    # The cost kind asks the network only with Electricity Maps configured; then never on the loop.
+    assert COST.blocking is not None
+    assert not COST.blocking(settings_from_args(parse_flags(cost_flags, [])))
+    with_maps = settings_from_args(parse_flags(cost_flags, ["--electricity-maps-token", "t"]))
+    assert COST.blocking(with_maps)
+    networked = await open_computer(
+        Kind(**{**vars(kind), "blocking": lambda settings: True}),
+        None,  # type: ignore[arg-type]
+        None,
+    )
+    await networked.compute(small)
+    assert where[2] != loop_thread

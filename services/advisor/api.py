@@ -35,7 +35,7 @@ from services.advisor.kind import AdviceSettings, advice_for
 from shared import bus, directget, subjects
 from shared.advice import recommend
 from shared.comparison import RunData, compare_runs
-from shared.kinds import Kind
+from shared.kinds import Kind, run_maths
 from shared.planning import HostPower, extrapolation_warnings, plan_fleet
 from shared.pricing import effective_energy_price, pricing_from_args
 from shared.report import render_report
@@ -136,7 +136,7 @@ class Advisor:
     # -- the advice kind ---------------------------------------------------------------------------------
 
     async def compute(self, run: RunInput) -> AdviceResult:
-        return await asyncio.to_thread(advice_for, run, self.settings.min_vmaf)
+        return await run_maths(len(run.scenarios), advice_for, run, self.settings.min_vmaf)
 
     async def close(self) -> None:
         if self.service is not None:

@@ -76,6 +76,11 @@ def settings_fingerprint(settings: CostSettings) -> str:
     return hashlib.sha256(msgspec.json.encode(described)).hexdigest()
 
 
+def asks_the_network(settings: CostSettings) -> bool:
+    """Computing a run may wait on Electricity Maps (once per zone and hour; the answers are cached)."""
+    return settings.pricing.electricity_maps is not None
+
+
 def compute_costs(run: RunInput, settings: CostSettings) -> CostResult:
     """Pure apart from the (cached) carbon-intensity lookup."""
     energy_price = effective_energy_price(settings.energy_cost_per_kwh, settings.pricing)
@@ -244,6 +249,7 @@ KIND = Kind(
     settings=settings_from_args,
     families=families,
     compute=compute_costs,
+    blocking=asks_the_network,
     listener="cost",
     fingerprint=settings_fingerprint,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -21,6 +22,7 @@ from nats.micro.service import Service
 
 from services.modeling.kind import ModelingSettings
 from shared import bus, subjects
+from shared.kinds import run_maths
 from shared.planning import extrapolation_warnings
 from shared.power_model import (
     MIN_TRAINING_POINTS,
@@ -145,7 +147,7 @@ class Modeler:
         manifest = run.manifest
         scenarios = [m.scenario for m in run.scenarios]
         resolved = [resolve(m.scenario, m.enriched) for m in run.scenarios]
-        stats, baseline_index = await asyncio.to_thread(run_stats, scenarios, resolved)
+        stats, baseline_index = await run_maths(len(scenarios), run_stats, scenarios, resolved)
         cpu_model = next(
             (s.hardware.cpu_model for s in scenarios if s.hardware and s.hardware.cpu_model), None
         )
@@ -172,12 +174,15 @@ class Modeler:
             # on all of them; meanwhile predictions come from the model of a moment ago (its info says so).
             model_or_reason = current
         else:
-            model_or_reason = await asyncio.to_thread(
-                train,
+            model_or_reason = await run_maths(
+                len(history),
+                functools.partial(
+                    train,
+                    selection=self.settings.selection,
+                    confidence_level=self.settings.confidence_level,
+                    fingerprint=fingerprint,
+                ),
                 history,
-                selection=self.settings.selection,
-                confidence_level=self.settings.confidence_level,
-                fingerprint=fingerprint,
             )
         model: PowerModel | None = None
         reason: str | None = None
