@@ -279,8 +279,8 @@ async def test_small_runs_are_computed_on_the_loop_large_ones_and_network_lookup
     def scenario(i: int) -> Scenario:
         return Scenario(name=f"s{i}", start_time=0.0, end_time=1.0)
 
-    small = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_ITEMS)))
-    large = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_ITEMS + 1)))
+    small = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_SCENARIOS)))
+    large = run_input(*(scenario(i) for i in range(kinds_module.INLINE_MAX_SCENARIOS + 1)))
     kind = Kind(
         name="probe",
         result=ResultEnvelope,

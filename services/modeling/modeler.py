@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 
@@ -174,15 +173,14 @@ class Modeler:
             # on all of them; meanwhile predictions come from the model of a moment ago (its info says so).
             model_or_reason = current
         else:
-            model_or_reason = await run_maths(
-                len(history),
-                functools.partial(
-                    train,
-                    selection=self.settings.selection,
-                    confidence_level=self.settings.confidence_level,
-                    fingerprint=fingerprint,
-                ),
+            # Always in a thread: cross-validation refits the candidates once per fold (about 20 ms even for
+            # a few points), and it runs once per burst, so the hop costs little.
+            model_or_reason = await asyncio.to_thread(
+                train,
                 history,
+                selection=self.settings.selection,
+                confidence_level=self.settings.confidence_level,
+                fingerprint=fingerprint,
             )
         model: PowerModel | None = None
         reason: str | None = None
