@@ -18,9 +18,10 @@ the kind's durable consumer) and the exporter. Every process is stopped in ``fin
 "Every run has every kind's result": the advisor API's ``runs`` answer (what ``transcode-energy runs --format
 json`` prints) lists every kind in ``kinds_done`` for every run dropped. It is asked in-process over NATS every
 0.1 s, on one kept connection (the CLI would add an interpreter start to every poll, a new connection its
-set-up); the time is taken after the answer that showed it. The gateway's ``transcode_gateway_results_received_total`` is not used: it counts messages (a derived kind
-can publish twice for one run), and with a 10,000-scenario run exported /metrics is about 98 MB and a scrape
-after a change took about 4 s here.
+set-up); the time is taken after the answer that showed it. The gateway's
+``transcode_gateway_results_received_total`` is not used: it counts messages (a derived kind can publish twice
+for one run), and with a 10,000-scenario run exported /metrics is about 98 MB and a scrape after a change
+took about 4 s here.
 
 Each figure is the median of 3 rounds on the same running system (fresh run ids each round). ``BENCH_QUICK=1``
 (``python -m bench --quick``): one round, 20 runs and a 2,000-scenario run.

@@ -401,10 +401,11 @@ class OrderedReplay:
     restarts.
 
     It is an ephemeral pull consumer without acks, pulled continuously: one pull request asks for up to
-    ``BATCH`` messages and stays open for ``PULL_EXPIRES_S``, and the next is sent once fewer than half of what was
-    asked for is still to come. A burst thus arrives without a request (or an ack) per message, and an idle
-    replay wakes once per ``PULL_EXPIRES_S``. (nats-py's ordered push consumer keeps a flow-control task waking four
-    times a second per subscription; its ``fetch`` sends one or two requests per batch and waits on timers.)
+    ``BATCH`` messages and stays open for ``PULL_EXPIRES_S``, and the next is sent once fewer than half of
+    what was asked for is still to come. A burst thus arrives without a request (or an ack) per message, and
+    an idle replay wakes once per ``PULL_EXPIRES_S``. (nats-py's ordered push consumer keeps a flow-control
+    task waking four times a second per subscription; its ``fetch`` sends one or two requests per batch and
+    waits on timers.)
 
     The replay keeps its own place (the stream sequence of the last message handled), which is why the
     consumer needs no acks: on every reconnect, and when the server says the consumer is gone, it is created
@@ -484,7 +485,9 @@ class OrderedReplay:
                 return  # a heartbeat (none is asked for)
             deleted = headers["Status"] == "409" and "deleted" in str(headers.get("Description", "")).lower()
             if deleted or headers["Status"] == "503":  # 503: nothing answers the consumer's subject
-                self._on_reconnect()  # the consumer is gone: create it again from where we are
+                # The consumer is gone: create it again from where we are (once, however many say so).
+                if self._task is None or self._task.done():
+                    self._on_reconnect()
                 return
             # 408: a request expired; 409: it ended otherwise. Either says how much it still owed.
             owed = headers.get("Nats-Pending-Messages")
@@ -512,7 +515,7 @@ class OrderedReplay:
         return info
 
     def _on_reconnect(self) -> None:
-        if not self._closed and (self._task is None or self._task.done()):
+        if not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._resubscribe())
 
     async def _unsubscribe(self) -> None:

@@ -87,8 +87,8 @@ class Kind:
 
 
 #: A run of up to this many scenarios is computed on the event loop: its maths takes about 2 ms at most
-#: there (15 scenarios: 0.7 ms of modeling statistics, about 1 ms of advice), and a worker thread would add the
-#: CPU of a hop there and back to every run.
+#: there (15 scenarios: 0.7 ms of modeling statistics, about 1 ms of advice), and a worker thread would add
+#: the CPU of a hop there and back to every run.
 INLINE_MAX_SCENARIOS = 32
 
 
