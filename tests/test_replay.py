@@ -27,6 +27,16 @@ async def _publish(nc: NATS, numbers: range) -> None:
         await js.publish(_subject(i), str(i).encode())
 
 
+def _recording() -> tuple[list[int], Callable[[Msg], Awaitable[None]]]:
+    """A list and a handler that appends each message's number to it."""
+    seen: list[int] = []
+
+    async def handler(msg: Msg) -> None:
+        seen.append(int(msg.data))
+
+    return seen, handler
+
+
 async def test_replays_every_message_once_in_order_with_few_pull_requests(nc: NATS) -> None:
     await bus.ensure_topology(nc.jetstream())
     await _publish(nc, range(700))  # more than two batches stored before the replay starts
@@ -60,11 +70,7 @@ async def test_replays_every_message_once_in_order_with_few_pull_requests(nc: NA
 async def test_keeps_pulling_after_its_requests_expire(nc: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bus.OrderedReplay, "PULL_EXPIRES_S", 0.3)
     await bus.ensure_topology(nc.jetstream())
-    seen: list[int] = []
-
-    async def handler(msg: Msg) -> None:
-        seen.append(int(msg.data))
-
+    seen, handler = _recording()
     replay = bus.OrderedReplay(nc, SUBJECT, handler)
     try:
         await replay.start()
@@ -79,11 +85,7 @@ async def test_a_deleted_consumer_is_created_again_from_where_it_was(nc: NATS) -
     js = nc.jetstream()
     await bus.ensure_topology(js)
     await _publish(nc, range(5))
-    seen: list[int] = []
-
-    async def handler(msg: Msg) -> None:
-        seen.append(int(msg.data))
-
+    seen, handler = _recording()
     replay = bus.OrderedReplay(nc, SUBJECT, handler)
     try:
         await replay.start()

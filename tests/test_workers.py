@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from services.qoe.kind import settings_from_args as qoe_settings
 from shared import bus, subjects
 from shared.config import parse_flags
 from shared.families import Family, legacy_scenario_label, unique
+from shared.kinds import Computer
 from shared.resultsfile import decode_results
 from shared.runs import RunInput
 from shared.schemas import CostResult, RunManifest, Scenario, Telemetry
@@ -292,6 +295,27 @@ async def _publish_runs(nc: NATS, count: int, first: int = 0) -> None:
         await publisher.publish(decode_results(json.dumps(doc).encode(), f"test_results_2026{r:04d}.json"))
 
 
+@contextlib.asynccontextmanager
+async def _cost_worker(nc: NATS, computer: Computer) -> AsyncIterator[tuple[RunWorker, list[bytes]]]:
+    """A running cost worker on ``nc`` (ready when entered, stopped on exit) and the pull requests it sends."""
+    requests: list[bytes] = []
+
+    async def spy(msg: Any) -> None:
+        requests.append(msg.data)
+
+    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.INGEST_STREAM}.cost", cb=spy)
+    worker = RunWorker(nc, kind="cost", compute=computer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await worker.ready.wait()
+        yield worker, requests
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sub.unsubscribe()
+
+
 async def test_a_worker_holds_at_most_its_slots_and_asks_once_per_two_runs(nc: NATS) -> None:
     """Runs are pulled continuously, never more than CONCURRENCY in hand (a run taken is a run started), and a
     burst costs about one pull request per two runs, not one per run."""
@@ -316,17 +340,7 @@ async def test_a_worker_holds_at_most_its_slots_and_asks_once_per_two_runs(nc: N
         async def close(self) -> None:
             return None
 
-    requests: list[bytes] = []
-
-    async def spy(msg: Any) -> None:
-        requests.append(msg.data)
-
-    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.INGEST_STREAM}.cost", cb=spy)
-    worker = RunWorker(nc, kind="cost", compute=Gated())
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await worker.ready.wait()
+    async with _cost_worker(nc, Gated()) as (worker, requests):
         await _publish_runs(nc, 12)
 
         async def slots_full() -> bool:
@@ -343,10 +357,6 @@ async def test_a_worker_holds_at_most_its_slots_and_asks_once_per_two_runs(nc: N
             return worker.processed == 12
 
         await eventually(all_done, timeout=30, what="12 runs costed")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await sub.unsubscribe()
     assert most == worker_module.CONCURRENCY
     assert len(requests) <= 12 // 2 + 2, [r.decode() for r in requests]
 
@@ -367,17 +377,7 @@ async def test_a_worker_creates_its_deleted_consumer_again(nc: NATS) -> None:
         async def close(self) -> None:
             return None
 
-    requests: list[bytes] = []
-
-    async def spy(msg: Any) -> None:
-        requests.append(msg.data)
-
-    sub = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.INGEST_STREAM}.cost", cb=spy)
-    worker = RunWorker(nc, kind="cost", compute=Plain())
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await worker.ready.wait()
+    async with _cost_worker(nc, Plain()) as (worker, requests):
 
         async def waiting() -> bool:
             return bool((await js.consumer_info(subjects.INGEST_STREAM, "cost")).num_waiting)
@@ -392,8 +392,4 @@ async def test_a_worker_creates_its_deleted_consumer_again(nc: NATS) -> None:
         await eventually(done, timeout=10, what="the run after the consumer was deleted")
         info = await js.consumer_info(subjects.INGEST_STREAM, "cost")
         assert info.config.ack_wait == worker_module.ACK_WAIT_S
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await sub.unsubscribe()
     assert len(requests) <= 4, [r.decode() for r in requests]  # the first, the one after, a spare
