@@ -117,12 +117,10 @@ class Advisor:
         self.kinds = kinds
         self._decoders = {k.name: msgspec.json.Decoder(k.result) for k in kinds}
         self._envelope = msgspec.json.Decoder(ResultEnvelope)
-        #: run id -> newest manifest; (kind, digest) -> generation of the stored result (the last one
-        #: published on its subject, which the stream keeps).
+        #: run id -> newest manifest; (kind, digest) -> (generation, stream sequence) of the stored result (the
+        #: last one published on its subject, which the stream keeps).
         self.manifests: dict[str, RunManifest] = {}
-        self.generations: dict[tuple[str, str], int] = {}
-        #: (kind, digest) -> stream sequence of that stored result.
-        self.sequences: dict[tuple[str, str], int] = {}
+        self.stored: dict[tuple[str, str], tuple[int, int]] = {}
         #: Stream sequence of the last result taken into ``generations``, and whether the index has caught up
         #: with the stream once (before that it cannot vouch for anything).
         self._results_seq = 0
@@ -159,9 +157,8 @@ class Advisor:
         if kind is not None:
             with contextlib.suppress(msgspec.DecodeError):
                 envelope = self._envelope.decode(msg.data)
-                self.generations[(kind, envelope.digest)] = envelope.generation
-                if msg.metadata is not None:
-                    self.sequences[(kind, envelope.digest)] = msg.metadata.sequence.stream
+                seq = msg.metadata.sequence.stream if msg.metadata is not None else 0
+                self.stored[(kind, envelope.digest)] = (envelope.generation, seq)
                 # A new or recomputed result: the run's kept bundle is stale.
                 for cached in [k for k in self._bundles if k[0] == envelope.digest]:
                     del self._bundles[cached]
@@ -184,10 +181,10 @@ class Advisor:
                 await self._results_seen.wait_for(lambda: self._results_seq >= seq)
         except TimeoutError:
             return False
-        stored = {self.generations.get((kind, digest)) for kind in needs}
-        if None in stored or len(stored) > 1:
+        stored = [self.stored[(kind, digest)] for kind in needs if (kind, digest) in self.stored]
+        if len(stored) < len(needs) or len({generation for generation, _ in stored}) > 1:
             return True
-        return any(self.sequences.get((kind, digest), 0) > seq for kind in needs)
+        return any(stored_seq > seq for _, stored_seq in stored)
 
     async def _on_deleted(self, msg: Msg) -> None:
         with contextlib.suppress(msgspec.DecodeError):
@@ -300,7 +297,9 @@ class Advisor:
                 scenarios=m.scenario_count,
                 ingested_at=m.ingested_at,
                 kinds_done=[
-                    k.name for k in self.kinds if self.generations.get((k.name, m.digest), 0) >= m.generation
+                    k.name
+                    for k in self.kinds
+                    if self.stored.get((k.name, m.digest), (0, 0))[0] >= m.generation
                 ],
                 latest=m.run_id == latest,
             )
