@@ -396,6 +396,56 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     await retry_not_ready("the topology", create)
 
 
+class PullRequests:
+    """The pull requests one client keeps open on a JetStream consumer, all answered on one inbox, and how
+    many messages they still owe: the bookkeeping of a continuous pull (nats-py pulls one ``fetch`` at a
+    time). The worker's durable consumer and the replays' ephemeral ones both pull this way."""
+
+    #: What :meth:`take` found: a message of the stream, a status that ended a request (or a heartbeat), or the
+    #: server saying the consumer is gone (409 "Consumer Deleted", or 503: nothing answers its subject).
+    DELIVERY, STATUS, GONE = "delivery", "status", "gone"
+
+    def __init__(self, nc: NATS, stream: str, consumer: str, inbox: str, expires_s: float) -> None:
+        self.nc = nc
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = inbox
+        self.expires_s = expires_s
+        #: Messages asked for and not yet delivered (nor given up by an ended request).
+        self.owed = 0
+
+    async def ask(self, batch: int) -> None:
+        """One more request for up to ``batch`` messages, open for ``expires_s``. NATS errors are raised (the
+        request then counts for nothing)."""
+        self.owed += batch  # before the await: its first answer may be handled before publish returns
+        try:
+            request = {"batch": batch, "expires": int(self.expires_s * 1e9)}
+            await self.nc.publish(self.subject, json.dumps(request).encode(), reply=self.inbox)
+        except BaseException:
+            self.owed -= batch
+            raise
+
+    def take(self, msg: Msg) -> str:
+        """Account for one message on the inbox; says what it was."""
+        headers = msg.headers or {}
+        if msg.reply or "Status" not in headers:
+            self.owed = max(0, self.owed - 1)
+            return self.DELIVERY
+        status = headers["Status"]
+        if status == "100":
+            return self.STATUS  # a heartbeat (none is asked for)
+        if status == "503" or (status == "409" and "deleted" in str(headers.get("Description", "")).lower()):
+            self.owed = 0
+            return self.GONE
+        # 408: a request expired; 409: it ended otherwise. Either says how much it still owed.
+        owed = headers.get("Nats-Pending-Messages")
+        self.owed = max(0, self.owed - int(owed)) if owed else 0
+        return self.STATUS
+
+    def forget(self) -> None:
+        """No request is open any more (a restarted server forgot them, or none answered in time)."""
+        self.owed = 0
+
+
 class OrderedReplay:
     """Replays ``subject`` from its first message into ``handler``, in stream order, and survives server
     restarts.
@@ -433,8 +483,7 @@ class OrderedReplay:
         self.sub: Subscription | None = None
         #: Counts subscriptions: a delivery to one that has been replaced is dropped.
         self._subscription = 0
-        #: Messages asked for and not yet delivered (nor given up by an expired request).
-        self._outstanding = 0
+        self._pulls: PullRequests | None = None
         self._lock = asyncio.Lock()
         self._remove_hook: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -455,53 +504,38 @@ class OrderedReplay:
         )
         info = await self.js.add_consumer(self.stream, config)
         self.consumer = info.name
-        self._outstanding = 0
         self._subscription += 1
         this = self._subscription
+        inbox = self.nc.new_inbox()
+        pulls = self._pulls = PullRequests(self.nc, self.stream, info.name, inbox, self.PULL_EXPIRES_S)
 
         async def deliver(msg: Msg) -> None:
             if this == self._subscription and not self._closed:
-                await self._on_delivery(msg)
+                await self._on_delivery(pulls, msg)
 
-        self.sub = await self.nc.subscribe(self.nc.new_inbox(), cb=deliver)
-        await self._pull()
+        self.sub = await self.nc.subscribe(inbox, cb=deliver)
+        await self._pull(pulls)
 
-    async def _pull(self) -> None:
-        if self.sub is None:
-            return
-        request = {"batch": self.BATCH, "expires": int(self.PULL_EXPIRES_S * 1e9)}
-        self._outstanding += self.BATCH
+    async def _pull(self, pulls: PullRequests) -> None:
         with contextlib.suppress(*TRANSIENT_ERRORS):  # a reconnect subscribes and pulls again
-            await self.nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}",
-                json.dumps(request).encode(),
-                reply=self.sub.subject,
-            )
+            await pulls.ask(self.BATCH)
 
-    async def _on_delivery(self, msg: Msg) -> None:
-        headers = msg.headers or {}
-        if not msg.reply and "Status" in headers:
-            if headers["Status"] == "100":
-                return  # a heartbeat (none is asked for)
-            deleted = headers["Status"] == "409" and "deleted" in str(headers.get("Description", "")).lower()
-            if deleted or headers["Status"] == "503":  # 503: nothing answers the consumer's subject
-                # The consumer is gone: create it again from where we are (once, however many say so).
-                if self._task is None or self._task.done():
-                    self._on_reconnect()
-                return
-            # 408: a request expired; 409: it ended otherwise. Either says how much it still owed.
-            owed = headers.get("Nats-Pending-Messages")
-            self._outstanding = max(0, self._outstanding - int(owed)) if owed else 0
-        else:
-            self._outstanding -= 1
+    async def _on_delivery(self, pulls: PullRequests, msg: Msg) -> None:
+        taken = pulls.take(msg)
+        if taken == PullRequests.GONE:
+            # Create the consumer again from where we are (once, however many say so).
+            if self._task is None or self._task.done():
+                self._on_reconnect()
+            return
+        if taken == PullRequests.DELIVERY:
             try:
                 await self.handler(msg)
             except Exception:
                 log.exception("%s: handling the message on %s failed", self.name, msg.subject)
             with contextlib.suppress(Exception):
                 self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
-        if self._outstanding <= self.BATCH // 2:
-            await self._pull()
+        if pulls.owed <= self.BATCH // 2:
+            await self._pull(pulls)
 
     async def start(self) -> None:
         async with self._lock:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -381,33 +380,24 @@ class RunWorker:
         ``MISSING_CONSUMER_PAUSE_S``."""
         loop = asyncio.get_running_loop()
         in_flight: set[asyncio.Task[None]] = set()
-        #: Runs asked for and not yet delivered (nor given up by an ended request).
-        requested = 0
+        inbox = self.nc.new_inbox()
+        pulls = bus.PullRequests(self.nc, stream, self.kind, inbox, PULL_EXPIRES_S)
         #: Anything heard from the server, a slot freed, a reconnect, the stop: time to look again.
         changed = asyncio.Event()
-        #: Set when the server says the consumer does not exist (503: nothing answers its subject) or was
-        #: deleted under a pull request (409).
+        #: Set when the server says the consumer is gone.
         missing = False
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.kind}"
-        inbox = self.nc.new_inbox()
 
         def finished(task: asyncio.Task[None]) -> None:
             in_flight.discard(task)
             changed.set()
 
         async def on_delivery(msg: Msg) -> None:
-            nonlocal requested, missing
+            nonlocal missing
             changed.set()
-            headers = msg.headers or {}
-            if not msg.reply and "Status" in headers:
-                status = headers["Status"]
-                if status != "100":  # 408: a request expired; 409: it ended otherwise; 503: no consumer
-                    owed = headers.get("Nats-Pending-Messages")
-                    requested = max(0, requested - int(owed)) if owed else 0
-                    description = str(headers.get("Description", "")).lower()
-                    missing = missing or status == "503" or "deleted" in description
+            taken = pulls.take(msg)
+            if taken != bus.PullRequests.DELIVERY:
+                missing = missing or taken == bus.PullRequests.GONE
                 return
-            requested = max(0, requested - 1)
             if stop.is_set():
                 # Taken after the stop: handed back at once, to another replica or the next start.
                 with contextlib.suppress(*_TRANSIENT):
@@ -418,8 +408,7 @@ class RunWorker:
             task.add_done_callback(finished)
 
         def reconnected() -> None:
-            nonlocal requested
-            requested = 0  # a restarted server has forgotten the pull requests in flight
+            pulls.forget()  # a restarted server has forgotten the pull requests in flight
             changed.set()
 
         sub = await self.nc.subscribe(inbox, cb=on_delivery)
@@ -442,14 +431,11 @@ class RunWorker:
                     log.info("%s: its consumer was gone; consuming again", self.kind)
                     missing = False
                 changed.clear()
-                free = CONCURRENCY - len(in_flight) - requested
-                if free > 0 and (requested == 0 or free >= CONCURRENCY // 2):
-                    request = {"batch": free, "expires": int(PULL_EXPIRES_S * 1e9)}
-                    requested += free
+                free = CONCURRENCY - len(in_flight) - pulls.owed
+                if free > 0 and (pulls.owed == 0 or free >= CONCURRENCY // 2):
                     try:
-                        await self.nc.publish(next_subject, json.dumps(request).encode(), reply=inbox)
+                        await pulls.ask(free)
                     except _TRANSIENT as exc:
-                        requested -= free
                         log.warning("%s: cannot ask for runs (%s); retrying", self.kind, type(exc).__name__)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -457,7 +443,7 @@ class RunWorker:
                 try:
                     await asyncio.wait_for(changed.wait(), timeout=PULL_EXPIRES_S + PULL_GRACE_S)
                 except TimeoutError:
-                    requested = 0  # nothing heard for longer than a request lives: none of ours is open
+                    pulls.forget()  # nothing heard for longer than a request lives: none of ours is open
         finally:
             remove_hook()
             stopping.cancel()
