@@ -8,20 +8,23 @@
 # --enable-libvmaf, about 170 MB; only the QoE worker runs ffmpeg, so only its image carries it and the four
 # other services keep the slim image.
 
-# Build stage: resolve and build wheels (numpy and msgspec come as manylinux wheels).
+# Build stage: the project's own wheel, built by the locked setuptools (no build isolation, nothing unpinned).
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements ./requirements
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/run.txt
 COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY services ./services
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
- && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels-qoe "imageio-ffmpeg>=0.5"
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
-# Runtime: no compilers, no build tools, a non-root user.
+# Runtime: every dependency from the lock (exact versions, sha256 hashes), no compilers, a non-root user.
 FROM python:3.11-slim AS runtime
 RUN useradd --create-home --uid 10001 --user-group te
+COPY requirements/run.txt /tmp/run.txt
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-compile --require-hashes --no-deps -r /tmp/run.txt \
+ && pip install --no-cache-dir --no-compile --no-deps /wheels/*.whl && rm -rf /wheels /tmp/run.txt
 # Ingest and the workers serve /metrics, /health and /ready on 8080 unless told otherwise, so the default
 # HEALTHCHECK below always has a listener to probe; the exporter serves METRICS_PORT (9520). The probe
 # (standard library only, ~13 MiB and ~0.1 s of CPU) reads the main process's command line and these
@@ -39,8 +42,8 @@ CMD ["--help"]
 # default). The build fails here if that ffmpeg lacks the libvmaf filter.
 FROM runtime AS qoe
 USER root
-COPY --from=build /wheels-qoe /wheels-qoe
-RUN pip install --no-cache-dir --no-compile /wheels-qoe/*.whl && rm -rf /wheels-qoe \
+COPY requirements/qoe.txt /tmp/qoe.txt
+RUN pip install --no-cache-dir --no-compile --require-hashes --no-deps -r /tmp/qoe.txt && rm /tmp/qoe.txt \
  && ln -s "$(python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" /usr/local/bin/ffmpeg \
  && ffmpeg -hide_banner -filters | grep -q ' libvmaf '
 USER te

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 #: command -> (the flag naming its status port, that flag's environment variable, its default); a result
 #: kind's worker is (--status-port, STATUS_PORT, 0). tests/test_deployment.py checks these against the parser.
@@ -110,6 +111,23 @@ def healthcheck(url: str | None, timeout: float) -> int:
     return 0 if len(status) > 1 and status[1] == b"200" else 1
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings as ``inspect.cleandoc`` gives them, whatever msgspec release generated the schema (0.23
+    dedents them itself, earlier releases keep the indentation): the committed schemas are ours to decide."""
+    import inspect
+
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
+
+
 def write_schemas(out: Path) -> list[Path]:
     import msgspec
 
@@ -119,7 +137,8 @@ def write_schemas(out: Path) -> list[Path]:
     written = []
     for name, struct in PUBLISHED_MESSAGES.items():
         path = out / f"{name}.schema.json"
-        path.write_bytes(msgspec.json.format(msgspec.json.encode(msgspec.json.schema(struct))) + b"\n")
+        schema = _clean_descriptions(msgspec.json.schema(struct))
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(schema)) + b"\n")
         written.append(path)
     return written
 

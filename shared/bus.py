@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 from shared import subjects
 from shared.config import flag, positive_float, redact_url
 from shared.discovery import find_nats_url
+from shared.version import version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -624,7 +625,7 @@ async def drain(nc: NATS) -> None:
         await nc.close()
 
 
-async def announce(nc: NATS, service: str, version: str = "0.2.0") -> Any:
+async def announce(nc: NATS, service: str) -> Any:
     """Make this service discoverable (``$SRV.PING``/``$SRV.INFO``) as ``transcode-energy-<service>``, a
     nats.micro service without endpoints; ``transcode-energy status`` lists what answers."""
     import nats.micro
@@ -632,7 +633,7 @@ async def announce(nc: NATS, service: str, version: str = "0.2.0") -> Any:
     return await nats.micro.add_service(
         nc,
         name=f"{subjects.MICRO_SERVICE_PREFIX}{service}",
-        version=version,
+        version=version(),
         description=f"transcode-energy {service}",
         metadata={"service": service},
     )

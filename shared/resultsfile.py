@@ -191,18 +191,23 @@ def _decode_extras(view: _ExtrasView) -> list[dict[str, Any]]:
     return extras
 
 
-def _not_utf8(data: bytes) -> ResultsFileError:
+def _check_utf8(data: bytes) -> None:
+    """Reject bytes that are not UTF-8 before any JSON decoder sees them. The reason is ours to decide: a
+    decoder's error for bad bytes differs between releases (msgspec 0.23 calls it malformed JSON)."""
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if exc.end == len(data) and exc.reason == "unexpected end of data":
+            raise TruncatedFileError(
+                "the file ends inside a UTF-8 character (still being written?)"
+            ) from None
         line, col = _line_col(data, exc.start)
         bad = data[exc.start : exc.start + 1].hex()
-        return ResultsFileError(
+        raise ResultsFileError(
             "invalid_utf8",
             f"not valid UTF-8 at line {line}, column {col} (byte 0x{bad})",
             expected="JSON encoded as UTF-8",
-        )
-    return ResultsFileError("invalid_utf8", "a string is not valid UTF-8", expected="JSON encoded as UTF-8")
+        ) from None
 
 
 def decode_results(data: bytes, file_name: str) -> ParsedRun:
@@ -221,6 +226,7 @@ def decode_results(data: bytes, file_name: str) -> ParsedRun:
         ) from None
     if not data.strip():
         raise TruncatedFileError("the file is empty (still being written?)")
+    _check_utf8(data)
     try:
         results = _DECODER.decode(data)
         extras = _decode_extras(_EXTRAS_DECODER.decode(data))
@@ -230,8 +236,6 @@ def decode_results(data: bytes, file_name: str) -> ParsedRun:
         if "truncated" in str(exc):
             raise TruncatedFileError() from None
         raise _malformed(data, exc) from None
-    except UnicodeDecodeError:  # msgspec checks UTF-8 inside strings only, and says so this way
-        raise _not_utf8(data) from None
     except RecursionError:  # msgspec refuses nesting near Python's recursion limit (about 1,000 levels)
         raise _too_deep("$", None) from None
     validate_run(results, extras)

@@ -281,7 +281,7 @@ class RunWorker:
             key += f":{max(r.computed_at for r in run.results.values())!r}"
         return key
 
-    async def _replay_if_settings_changed(self, stream: str) -> None:
+    async def _replay_if_settings_changed(self, stream: str) -> bool:
         """Recompute every stored run when the settings that shape this kind's results changed (a new
         price or region for cost): the durable consumer is recreated, so it delivers every run again.
         The settings record is swapped with compare-and-set, so of several replicas one resets."""
@@ -295,19 +295,19 @@ class RunWorker:
         except KeyNotFoundError:
             stored, revision = None, 0
         if stored == self.fingerprint:
-            return
+            return False
         try:
             if revision:
                 await kv.update(self.kind, self.fingerprint.encode(), last=revision)
             else:
                 await kv.create(self.kind, self.fingerprint.encode())
         except KeyWrongLastSequenceError:
-            return  # another replica is resetting
+            return False  # another replica is resetting
         if stored is None:
-            return  # first start: the new consumer delivers every run anyway
-        log.info("%s: settings changed; recomputing every stored run", self.kind)
+            return False  # first start: the new consumer delivers every run anyway
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(stream, self.kind)
+        return True
 
     def status_server(self, host: str, port_number: int) -> StatusServer:
         """/health, /ready (consuming and connected) and this worker's counters."""
@@ -353,8 +353,7 @@ class RunWorker:
             if self.needs
             else (subjects.INGEST_STREAM, [f"{subjects.INGEST_RUN}.>"])
         )
-        if self.fingerprint is not None:
-            await self._replay_if_settings_changed(stream)
+        replaying = self.fingerprint is not None and await self._replay_if_settings_changed(stream)
 
         async def ensure_consumer() -> None:
             await bus.ensure_pull_consumer(
@@ -362,6 +361,15 @@ class RunWorker:
             )
 
         await ensure_consumer()
+        if replaying:
+            pending = (await self.js.consumer_info(stream, self.kind)).num_pending
+            log.info(
+                "%s: settings changed since the stored results were computed (now %s); recomputing every "
+                "stored run (%s)",
+                self.kind,
+                (self.fingerprint or "")[:12],
+                pending,
+            )
         self.ready.set()
         log.info("%s worker consuming %s as durable %r", self.kind, ", ".join(source), self.kind)
         await self._consume(stream, stop, ensure_consumer)
@@ -478,7 +486,16 @@ async def run_worker_service(
         # Stateful kinds announce themselves with their own request/reply service.
         announced = await bus.announce(nc, kind.name) if kind.open is None else None
         try:
-            worker = RunWorker(nc, kind=kind.name, compute=computer, replicas=args.js_replicas, needs=needs)
+            worker = RunWorker(
+                nc,
+                kind=kind.name,
+                compute=computer,
+                replicas=args.js_replicas,
+                needs=needs,
+                # Every way a worker starts (`up`, `up --processes`, a service alone) comes through here,
+                # so this is the one place the settings fingerprint (re-pricing) is wired.
+                fingerprint=kind.fingerprint(settings) if kind.fingerprint is not None else None,
+            )
             if ready is not None:
                 asyncio.get_running_loop().create_task(_forward(worker.ready, ready))
             await worker.serve(stop, args.bind, args.status_port)

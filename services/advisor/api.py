@@ -63,10 +63,10 @@ from shared.schemas import (
     RunSummary,
     ScenarioMessage,
 )
+from shared.version import version
 
 log = logging.getLogger("advisor")
 
-VERSION = "0.2.0"
 #: Runs whose scenarios and results the advisor keeps in memory (the ones being asked about).
 BUNDLES_KEPT = 4
 #: How long a check of the advice kind's inputs waits for the index to take in the result that woke it.
@@ -206,7 +206,7 @@ class Advisor:
         self.service = await nats.micro.add_service(
             self.nc,
             name=subjects.MICRO_ADVISOR_SERVICE,
-            version=VERSION,
+            version=version(),
             description="Which transcoding configuration to run: rankings, comparisons, fleet plans, reports",
             metadata={"service": "advice"},
         )

@@ -37,10 +37,10 @@ from shared.scenario_stats import run_stats
 from shared.schemas import ModelingResult, ModelingScenario, PredictRequest, PredictResponse
 from shared.telemetry import resolve
 from shared.units import JOULES_PER_WH, SECONDS_PER_HOUR
+from shared.version import version
 
 log = logging.getLogger("modeling")
 
-MICRO_VERSION = "0.2.0"
 #: While more runs wait, a model trained this recently serves them; the burst's last run retrains.
 DEFER_TRAINING_S = 10.0
 
@@ -294,7 +294,7 @@ async def start_modeler(nc: NATS, settings: ModelingSettings) -> Modeler:
     modeler.service = await nats.micro.add_service(
         nc,
         name=subjects.MICRO_MODELING_SERVICE,
-        version=MICRO_VERSION,
+        version=version(),
         description="Predict transcoding power for a configuration from the trained model",
         metadata={"service": "modeling"},
     )
