@@ -468,8 +468,11 @@ async def cmd_report(s: Session, args: argparse.Namespace) -> int:
 
 async def cmd_status(s: Session, args: argparse.Namespace) -> int:
     from services.status import gather_status, render_status
+    from shared import bus
 
     report = await gather_status(s.nc, wait_s=min(s.timeout, 2.0))
+    report.nats_url = bus.nats_config_from_args(args).display()
+    report.nats_found_by = find_nats_url(args.nats_url)[1]
     print(_json(report) if args.format == "json" else render_status(report))
     return 0 if report.ok else 1
 

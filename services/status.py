@@ -52,6 +52,9 @@ class StatusReport(msgspec.Struct, kw_only=True):
     rejected_files_24h: int
     enrichment_failures_24h: int
     errors_24h: dict[str, int]
+    #: The NATS this report was read from (no credentials), and how the command found it.
+    nats_url: str = ""
+    nats_found_by: str = ""
 
 
 async def discover(nc: Any, wait_s: float = 0.5) -> list[ServiceSeen]:
@@ -186,7 +189,8 @@ async def gather_status(nc: Any, wait_s: float = 2.0) -> StatusReport:
 
 
 def render_status(report: StatusReport) -> str:
-    lines = ["services:"]
+    lines = [f"system: {report.nats_url} (from {report.nats_found_by})"] if report.nats_url else []
+    lines.append("services:")
     for s in report.services:
         lines.append(f"  {s.service:<10} {s.instances} instance(s)  {', '.join(s.versions)}")
     for name in report.missing_services:

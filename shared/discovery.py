@@ -2,8 +2,9 @@
 
 ``transcode-energy up`` writes ``endpoint.json`` (the NATS URL without credentials, its pid, the gateway's
 URL) in its data directory and points ``$XDG_STATE_HOME/transcode-energy/current.json`` (default
-``~/.local/state/...``) at it. A client command looks, in order: ``--nats-url``/``NATS_URL``; the pointer of a
-live ``up``; ``./var/nats/endpoint.json`` of a live ``up`` in the current directory; else the NATS default.
+``~/.local/state/...``) at it. A client command looks, in order: ``--nats-url``/``NATS_URL``;
+``./var/nats/endpoint.json`` of a live ``up`` in the current directory (a checkout's own system wins over
+whichever ``up`` started last elsewhere); the per-user pointer to a live ``up``; else the NATS default.
 Standard library only: client commands must start fast.
 """
 
@@ -64,17 +65,17 @@ def _read(path: Path) -> dict[str, object] | None:
     return record if isinstance(record, dict) else None
 
 
-def find_endpoint() -> dict[str, object] | None:
-    """The endpoint record of a live ``up``, or None."""
-    candidates: list[Path] = []
+def find_endpoint() -> tuple[Path, dict[str, object]] | None:
+    """(where it was found, the endpoint record) of a live ``up``, or None: the current directory's first,
+    then the one the per-user pointer names."""
+    candidates: list[Path] = [DEFAULT_DATA_DIR / ENDPOINT_FILE]
     pointer = _read(_state_dir() / "current.json")
     if pointer and isinstance(pointer.get("endpoint"), str):
         candidates.append(Path(str(pointer["endpoint"])))
-    candidates.append(DEFAULT_DATA_DIR / ENDPOINT_FILE)
     for path in candidates:
         record = _read(path)
         if record and _alive(record.get("pid")) and isinstance(record.get("nats_url"), str):
-            return record
+            return path.resolve(), record
     return None
 
 
@@ -82,7 +83,9 @@ def find_nats_url(explicit: str | None) -> tuple[str, str]:
     """(URL, where it came from) for a client command."""
     if explicit:
         return explicit, "--nats-url/NATS_URL"
-    record = find_endpoint()
-    if record is not None:
-        return str(record["nats_url"]), f"the running 'transcode-energy up' (pid {record['pid']})"
+    found = find_endpoint()
+    if found is not None:
+        path, record = found
+        where = path.parent
+        return str(record["nats_url"]), f"the running 'transcode-energy up' of {where} (pid {record['pid']})"
     return DEFAULT_NATS_URL, "the default (no running 'transcode-energy up' found)"

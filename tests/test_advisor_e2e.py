@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from services.up import free_port
-from tests.conftest import DATA, EXAMPLES, require_binary, stop_process, up_argv
+from tests.conftest import DATA, EXAMPLES, REPO, require_binary, stop_process, up_argv
 from tests.test_gateway_e2e import get, one, parse, trapezoid, values
 
 pytestmark = pytest.mark.slow
@@ -316,6 +316,43 @@ def test_an_explicit_nats_url_wins_over_discovery(system: System) -> None:
     done = system.cli("runs", "--format", "json", "--nats-url", system.nats_url, env=nowhere)
     assert done.returncode == 0, done.stderr
     assert RUN_A in {r["run_id"] for r in json.loads(done.stdout)["runs"]}
+
+
+def test_the_live_up_of_the_current_directory_wins_over_the_user_pointer(system: System) -> None:
+    """A checkout's own `up` (./var/nats/endpoint.json) is the one its commands talk to, even when the
+    per-user pointer names another live `up` (started later, elsewhere); `status` says which it is."""
+    elsewhere, checkout, state = system.tmp / "elsewhere", system.tmp / "checkout", system.tmp / "state-2"
+    elsewhere.mkdir()
+    (checkout / "var" / "nats").mkdir(parents=True)
+    (checkout / "var" / "nats" / "endpoint.json").write_text((system.data / "endpoint.json").read_text())
+    # Another live `up` as far as discovery can tell (a live pid), whose NATS is not there.
+    other = {"nats_url": f"nats://127.0.0.1:{free_port()}", "pid": os.getpid(), "metrics_url": None}
+    (elsewhere / "endpoint.json").write_text(json.dumps(other))
+    (state / "transcode-energy").mkdir(parents=True)
+    pointer = {"endpoint": str(elsewhere / "endpoint.json")}
+    (state / "transcode-energy" / "current.json").write_text(json.dumps(pointer))
+
+    def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**client_env(state), "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "services", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    status = cli(checkout, "status")
+    first = status.stdout.splitlines()[0]
+    assert first == (
+        f"system: {system.nats_url} (from the running 'transcode-energy up' of "
+        f"{(checkout / 'var' / 'nats').resolve()} (pid {system.proc.pid}))"
+    ), status.stdout + status.stderr
+    assert RUN_A in cli(checkout, "runs").stdout
+    # Outside the checkout the pointer is all there is: the other `up`, which does not answer.
+    away = cli(elsewhere, "runs")
+    assert away.returncode == 2 and f"cannot reach NATS at {other['nats_url']}" in away.stderr, away.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------
