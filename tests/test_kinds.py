@@ -265,6 +265,7 @@ def test_qoe_efficiency_counts_the_measured_duration(
     old = per_second * 120 * (vmaf / 100) / 975.604
     ours = per_second * measured * (vmaf / 100) / 975.604
     [q] = compute_qoe(run_input(scenario), qoe_settings(parse_flags(qoe_flags))).scenarios
+    assert q.qoe_efficiency_score is not None
     assert q.qoe_efficiency_score == pytest.approx(ours, rel=1e-12)
     assert q.qoe_efficiency_score / old - 1 == pytest.approx(4.2379e-6, rel=1e-4)  # measured / configured
     assert f"{old:.4e}" == old_printed
