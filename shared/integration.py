@@ -154,12 +154,13 @@ def mean(series: SampledSeries | None) -> float | None:
 def inclusive(series: SampledSeries, duration_s: float | None) -> bool:
     """Whether a uniform series reads as inclusive (a sample at both ends: N samples cover (N-1) x step s)
     rather than one sample per step (N x step s): the reading whose span is nearer ``duration_s``, i.e.
-    inclusive when N x step >= duration + step/2; inclusive without a duration or step. Timed series and
-    single samples are neither (False)."""
+    inclusive when N x step >= duration + step/2; inclusive without a duration (the span the samples mark
+    themselves). Timed series, single samples and series without a step are neither (False): without a step
+    nothing tells where the samples sit, so they weigh alike."""
     n, h = len(series), series.step_s
-    if series.timestamps_s is not None or n < 2:
+    if series.timestamps_s is not None or n < 2 or h is None or not h > 0:
         return False
-    if h is None or not h > 0 or duration_s is None or not duration_s > 0:
+    if duration_s is None or not duration_s > 0:
         return True
     return n * h >= duration_s + 0.5 * h
 
@@ -196,7 +197,7 @@ def time_weighted_mean(series: SampledSeries | None, duration_s: float | None = 
         span = t[-1] - t[0]
         area = trapezoid_timed(t, v, series.step_s)
         return None if area is None else area / span
-    if inclusive(series, duration_s) and series.step_s is not None:
+    if inclusive(series, duration_s):
         # trapezoid / ((N-1) h), with h cancelled so a constant comes back exactly
         return (_sum(v) - 0.5 * (v[0] + v[-1])) / (len(v) - 1)
     return _sum(v) / len(v)
