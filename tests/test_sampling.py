@@ -179,6 +179,18 @@ def test_modeling_and_qoe_figures_of_a_constant(c: float, n: int, h: float, incl
 
 
 @settings(max_examples=60, deadline=None)
+@given(a=watts, b=slopes, n=counts, h=steps, inclusive=st.booleans())
+def test_modeling_mean_power_of_a_ramp(a: float, b: float, n: int, h: float, inclusive: bool) -> None:
+    # a + b t over [0, D], D = n h: sampled at 0, h, ..., D (inclusive) or at the middle of each step.
+    times = [i * h for i in range(n + 1)] if inclusive else [(i + 0.5) * h for i in range(n)]
+    s = scenario([a + b * t for t in times], h, n * h, start=0.0)
+    d = n * h
+    [stats], _ = run_stats([s], [resolve(s)])
+    assert stats.mean_power_w == pytest.approx(a + b * d / 2, rel=REL, abs=1e-9)
+    assert stats.energy_j == pytest.approx((a + b * d / 2) * d, rel=REL, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
 @given(c=watts, n=counts, h=steps, offsets=offsets_st)
 def test_figures_of_a_constant_at_jittered_times(c: float, n: int, h: float, offsets: list[float]) -> None:
     t = [START + x for x in jittered(n, h, offsets)]
