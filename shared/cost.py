@@ -15,7 +15,10 @@ from shared.units import GRAMS_PER_KG, HOURS_PER_MONTH, JOULES_PER_KWH, SECONDS_
 
 
 def energy_j(power_w: SampledSeries | None, gpu_energy_j: float | None = None) -> float | None:
-    """Energy the cost model prices, J: the integral of the power samples plus the GPU's energy."""
+    """Energy the cost model prices, J: the trapezoid over the power samples' own span plus the GPU's energy.
+
+    The old cost exporter's integral, kept so the load-aware cost series continue (docs/compatibility.md C9):
+    for N samples one per step it is (N-1)/N of the sampling convention's mean x duration."""
     joules = integrate(power_w)
     if joules is None:
         return gpu_energy_j

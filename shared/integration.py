@@ -1,9 +1,30 @@
-"""Integrating sampled series over time (W -> J, cores -> core-seconds). Pure Python, no I/O.
+"""Sampled series over time: their time-weighted mean and what they integrate to (W -> J, cores ->
+core-seconds). Pure Python, no I/O.
 
 A :class:`SampledSeries` is either uniform (``step_s`` apart) or carries its real timestamps. With
 timestamps, the trapezoid runs over the actual sample times, so a gap in a Prometheus range result is
 bridged instead of silently shrinking the integral (the old cost exporter dropped timestamps and assumed a
 uniform 5 s step: B-C8).
+
+**The sampling convention** (docs/telemetry.md, "Sampling convention"), used wherever a series becomes a
+mean power or an energy (:func:`time_weighted_mean`, :func:`series_energy`):
+
+* a **timed** series is a set of instants, linear in between: it covers ``t[0]..t[-1]`` and its mean is
+  the trapezoid over that span divided by the span;
+* a **uniform** series of N samples ``h`` apart is read one of two ways, whichever span is nearer the
+  scenario's duration D: *inclusive* (a sample at both ends, covering (N-1) h: what a Prometheus range query
+  returns and what the benchmark's own files hold, 25 samples for 120 s at 5 s), mean = trapezoid /
+  ((N-1) h); or *one sample per step*, each standing for the step around it (covering N h: 12 samples for
+  60 s at 5 s), mean = the arithmetic mean (the midpoint rule). Without a duration, inclusive (the span the
+  samples themselves mark, as the old trapezoid);
+* one sample is its own mean;
+* energy over the scenario = mean x D, whether the series covers all of D or only part of it (then the rest
+  is assumed to draw alike; :func:`covered_s` says how much it covers).
+
+So a constant series gives that constant, whatever N, step or jitter, and a linear ramp gives its value at the
+middle of what it covers. :func:`integrate` is the old cost exporter's trapezoid over the samples' own span,
+kept for the cost family's load-aware figures (B-C8 aside): for a constant series of N samples, one per step,
+it is (N-1)/N of mean x D.
 
 No numpy on purpose: this module is imported by every worker (cost, QoE, modeling), and numpy alone costs
 about 20 MiB of resident memory per process. Sums use :func:`math.fsum` (correctly rounded), so results are
@@ -110,7 +131,9 @@ def trapezoid_timed(
 
 
 def integrate(series: SampledSeries | None) -> float | None:
-    """Integral over time in value-seconds (W -> J, cores -> core-seconds); None without samples or step."""
+    """Trapezoid over the samples' own span, in value-seconds (W -> J, cores -> core-seconds); None without
+    samples or step. The old cost exporter's integral, kept for the cost family's load-aware figures; every
+    other energy is :func:`series_energy` (mean x duration)."""
     if series is None or len(series) == 0:
         return None
     if series.timestamps_s is not None:
@@ -121,10 +144,76 @@ def integrate(series: SampledSeries | None) -> float | None:
 
 
 def mean(series: SampledSeries | None) -> float | None:
-    """Arithmetic mean of the samples (the old exporters' "mean power"); None without samples."""
+    """Arithmetic mean of the samples, equal weights whatever their times; None without samples. The old cost
+    exporter's mean power (kept for the cost family's hourly figures) and the old mean of container CPU %."""
     if series is None or len(series) == 0:
         return None
     return _sum(series.values) / len(series)
+
+
+def inclusive(series: SampledSeries, duration_s: float | None) -> bool:
+    """Whether a uniform series reads as inclusive (a sample at both ends: N samples cover (N-1) x step s)
+    rather than one sample per step (N x step s): the reading whose span is nearer ``duration_s``, i.e.
+    inclusive when N x step >= duration + step/2; inclusive without a duration (the span the samples mark
+    themselves). Timed series, single samples and series without a step are neither (False): without a step
+    nothing tells where the samples sit, so they weigh alike."""
+    n, h = len(series), series.step_s
+    if series.timestamps_s is not None or n < 2 or h is None or not h > 0:
+        return False
+    if duration_s is None or not duration_s > 0:
+        return True
+    return n * h >= duration_s + 0.5 * h
+
+
+def covered_s(series: SampledSeries | None, duration_s: float | None = None) -> float | None:
+    """Seconds the series stands for under the sampling convention: ``t[-1] - t[0]`` for a timed series,
+    (N-1) x step (inclusive) or N x step (one sample per step) for a uniform one, the step for a single
+    sample. None when unknown (no step)."""
+    if series is None or len(series) == 0:
+        return None
+    t = series.timestamps_s
+    if t is not None and len(t) >= 2:
+        return t[-1] - t[0]
+    h = series.step_s
+    if h is None or not h > 0:
+        return None
+    if len(series) == 1:
+        return h
+    return h * (len(series) - 1 if inclusive(series, duration_s) else len(series))
+
+
+def time_weighted_mean(series: SampledSeries | None, duration_s: float | None = None) -> float | None:
+    """Mean of the series over the time it covers (module docstring): trapezoid / span for a timed or an
+    inclusive uniform series, the arithmetic mean for one sample per step (each standing for the step
+    around it) or without a step; the sample itself for one sample. Same unit as the samples (W for power);
+    None without samples. ``duration_s`` (the scenario's, s) only decides how a uniform series reads."""
+    if series is None or len(series) == 0:
+        return None
+    v = series.values
+    if len(v) == 1:
+        return v[0]
+    t = series.timestamps_s
+    if t is not None:
+        span = t[-1] - t[0]
+        area = trapezoid_timed(t, v, series.step_s)
+        return None if area is None else area / span
+    if inclusive(series, duration_s):
+        # trapezoid / ((N-1) h), with h cancelled so a constant comes back exactly
+        return (_sum(v) - 0.5 * (v[0] + v[-1])) / (len(v) - 1)
+    return _sum(v) / len(v)
+
+
+def series_energy(series: SampledSeries | None, duration_s: float | None) -> float | None:
+    """What the series integrates to over the scenario, value-seconds (W -> J): its time-weighted mean x the
+    scenario's duration s, whether it covers all of it or part (the rest assumed alike); without a duration,
+    over the span it covers itself (:func:`covered_s`). None without samples, or without any span."""
+    m = time_weighted_mean(series, duration_s)
+    if m is None:
+        return None
+    if duration_s is not None and duration_s > 0:
+        return m * duration_s
+    span = covered_s(series, None)
+    return None if span is None else m * span
 
 
 def sample_stdev(series: SampledSeries | None) -> float | None:

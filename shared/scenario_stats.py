@@ -2,8 +2,9 @@
 
 With D = end_time - start_time (s) and E = measured energy (J):
 
-* mean power Pm: shared.telemetry.mean_power_w (a mean the file states, else E / D, else the sample mean; W);
-  energy Wh = E / 3600;
+* mean power Pm: shared.telemetry.mean_power_w (a mean the file states, else E / D, else the power samples'
+  time-weighted mean, shared.integration's sampling convention; W); without a measured energy, E = that mean
+  x D (J); energy Wh = E / 3600;
 * container CPU = mean of the container CPU % samples; docker overhead = CPU/100 x Pm (W);
 * energy per minute = Wh x 60 / D; per Mbps = Wh / bitrate Mbps (per-stream bitrate, as before);
   per frame = E / (fps x D) x 1000 (mJ), fps = the configured ``fps``, else the achieved ``avg_fps``
@@ -48,9 +49,12 @@ def scenario_stats(
         return ModelingScenario(
             index=index, is_baseline=baseline, notes=["no start_time/end_time: not measured"]
         )
-    energy = telemetry.energy_or_integral_j()
+    energy = telemetry.energy_or_series_j()
     if energy is None:
         notes.append(telemetry.missing_reason or "no energy or power telemetry")
+    coverage = telemetry.package_coverage_note()
+    if coverage is not None:
+        notes.append(coverage)
     pm = scenario_mean_power_w(telemetry, d)
     wh = energy / JOULES_PER_WH if energy is not None else None
     cpu = mean(telemetry.container_cpu_percent)

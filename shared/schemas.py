@@ -52,7 +52,8 @@ class Hardware(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class Samples(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A measured series. ``timestamps`` (unix seconds) are kept when the source had them (Prometheus);
-    without them the samples are taken as uniform, ``step_seconds`` apart, starting at the scenario start."""
+    without them the samples are taken as uniform, ``step_seconds`` apart: a sample at both ends of the
+    scenario or one per step, whichever fits its duration (docs/telemetry.md, "Sampling convention")."""
 
     values: list[float]
     timestamps: list[float] | None = None

@@ -14,7 +14,7 @@ file about its own run is the most specific statement there is; Prometheus fills
 GPU measurements (NVIDIA DCGM, summed over the machine's GPUs) follow the same order: GPU power W and NVENC
 utilisation % from the block, else Prometheus (there are no old top-level GPU series besides
 ``gpu_usage_cores``); GPU energy J from the block's ``gpu_energy_joules``, else Prometheus' (the DCGM energy
-counter's increase over the window), else the integral of the resolved GPU power. The old ``gpu_power``
+counter's increase over the window), else the resolved GPU power's mean x the scenario's duration. The old ``gpu_power``
 summary stays separate (``gpu_mean_power_w``), as the cost and QoE formulas read it.
 (The old cost exporter let a non-empty Prometheus answer overwrite the file's series; see
 docs/compatibility.md T1.)
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.integration import SampledSeries, integrate, mean
+from shared.integration import SampledSeries, covered_s, mean, series_energy, time_weighted_mean
+from shared.parsing import scenario_duration_s
 from shared.schemas import Scenario, Series, Telemetry
 
 
@@ -49,15 +50,40 @@ class ResolvedTelemetry:
     missing_reason: str | None
     #: GPU board power summed over the GPUs, W (DCGM ``DCGM_FI_DEV_POWER_USAGE``).
     gpu_power_w: SampledSeries | None = None
-    #: GPU energy over the scenario, J: a measured figure (the DCGM counter's increase, mJ / 1000), else the
-    #: integral of ``gpu_power_w``.
+    #: GPU energy over the scenario, J: a measured figure (the DCGM counter's increase, mJ / 1000), else
+    #: ``gpu_power_w``'s time-weighted mean x ``duration_s`` (shared.integration.series_energy).
     gpu_energy_j: float | None = None
     #: NVENC encoder utilisation, % (DCGM ``DCGM_FI_DEV_ENC_UTIL``).
     gpu_encoder_percent: SampledSeries | None = None
+    #: The scenario's duration, s (shared.parsing.scenario_duration_s): what a series' energy spans and what
+    #: decides how a uniform series reads (shared.integration, "sampling convention").
+    duration_s: float | None = None
 
-    def energy_or_integral_j(self) -> float | None:
-        """Measured energy, or the integral of package power when no energy figure exists, J."""
-        return self.energy_j if self.energy_j is not None else integrate(self.package_power_w)
+    def energy_or_series_j(self) -> float | None:
+        """Measured energy, or, when no energy figure exists, package power's time-weighted mean x the
+        scenario's duration, J (shared.integration.series_energy)."""
+        return (
+            self.energy_j
+            if self.energy_j is not None
+            else series_energy(self.package_power_w, self.duration_s)
+        )
+
+    def package_coverage_note(self) -> str | None:
+        """A sentence when the energy comes from package power samples that cover under 90 % of the
+        scenario (so mean power and energy assume the rest drew alike); None otherwise."""
+        if self.energy_j is not None or self.duration_s is None or self.package_power_w is None:
+            return None
+        covered = covered_s(self.package_power_w, self.duration_s)
+        if covered is None or covered >= COVERAGE_NOTE_BELOW * self.duration_s:
+            return None
+        return (
+            f"power samples cover {covered:g} s of the {self.duration_s:g} s scenario: mean power and energy "
+            "assume the rest drew alike"
+        )
+
+
+#: Below this fraction of the scenario covered by its power samples, the statistics say so in a note.
+COVERAGE_NOTE_BELOW = 0.9
 
 
 def _pick(*candidates: tuple[Series | None, float | None, str]) -> tuple[SampledSeries | None, str | None]:
@@ -105,11 +131,12 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
     if energy is None:
         energy = prom.energy_joules
 
+    duration = scenario_duration_s(scenario)
     gpu_energy = block.gpu_energy_joules
     if gpu_energy is None:
         gpu_energy = prom.gpu_energy_joules
     if gpu_energy is None:
-        gpu_energy = integrate(gpu_power)
+        gpu_energy = series_energy(gpu_power, duration)
 
     return ResolvedTelemetry(
         package_power_w=package,
@@ -125,6 +152,7 @@ def resolve(scenario: Scenario, enriched: Telemetry | None = None) -> ResolvedTe
         gpu_power_w=gpu_power,
         gpu_energy_j=gpu_energy,
         gpu_encoder_percent=gpu_encoder,
+        duration_s=duration,
     )
 
 
@@ -139,9 +167,10 @@ def mean_power_w(
     """Mean power of one scenario, W. The one definition every figure uses, in this order of precedence:
 
     1. a mean the results file states (``power.mean_watts``): the benchmark's own statement of its run;
-    2. energy / duration: measured energy J (or the integral of the power samples) over the measured
-       duration s;
-    3. the arithmetic mean of the power samples (when the duration is unknown).
+    2. measured energy J / duration s;
+    3. the power samples' time-weighted mean (shared.integration.time_weighted_mean, the sampling convention:
+       a constant series gives that constant whatever its length, step or jitter). Their energy is this
+       mean x the duration, so this is also "energy / duration" for an energy derived from the samples.
 
     None when none of them can be had. The cost family deliberately starts at step 3
     (:func:`cost_mean_power_w`); docs/telemetry.md ("Mean power") explains the rule and that exception.
@@ -150,13 +179,13 @@ def mean_power_w(
         return stated_w
     if energy_j is not None and duration_s is not None and duration_s > 0:
         return energy_j / duration_s
-    return mean(samples)
+    return time_weighted_mean(samples, duration_s)
 
 
 def gpu_mean_power_w(tel: ResolvedTelemetry, duration_s: float | None) -> float | None:
     """Mean GPU power, W, by the same precedence: the file's ``gpu_power.mean_watts``, else GPU energy J
-    (DCGM's energy counter, or the integral of GPU power) / duration s, else the mean of the GPU power
-    samples. None on a machine without GPU telemetry."""
+    (DCGM's energy counter) / duration s, else the GPU power samples' time-weighted mean. None on a machine
+    without GPU telemetry."""
     return mean_power_w(
         stated_w=tel.gpu_mean_power_w,
         energy_j=tel.gpu_energy_j,
@@ -172,7 +201,7 @@ def scenario_mean_power_w(
     (:func:`gpu_mean_power_w`), as the old QoE exporter added the GPU's stated mean for quality per watt."""
     cpu = mean_power_w(
         stated_w=tel.summary_mean_power_w,
-        energy_j=tel.energy_or_integral_j(),
+        energy_j=tel.energy_j,
         duration_s=duration_s,
         samples=tel.package_power_w,
     )
@@ -183,7 +212,7 @@ def scenario_mean_power_w(
 
 def total_energy_j(tel: ResolvedTelemetry) -> float | None:
     """Energy of the scenario on CPU package and GPU, J (GPU energy adds where GPU telemetry exists)."""
-    cpu = tel.energy_or_integral_j()
+    cpu = tel.energy_or_series_j()
     if cpu is None:
         return tel.gpu_energy_j
     return cpu + (tel.gpu_energy_j or 0.0)

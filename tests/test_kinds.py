@@ -236,6 +236,42 @@ def test_a_stated_mean_power_wins_for_quality_per_watt() -> None:
     assert f"{qoe.quality_per_watt:.6f}" == "7.194495"
 
 
+@pytest.mark.parametrize(
+    ("vmaf", "old_printed", "ours_6_digits"),
+    [
+        (88.0, "1.1057e+07", "1.10572e+07"),  # the old contract's example VMAF
+        (44.25835, "5.5610e+06", "5.56107e+06"),  # a VMAF giving issue 20's pair
+    ],
+)
+def test_qoe_efficiency_counts_the_measured_duration(
+    vmaf: float, old_printed: str, ours_6_digits: str
+) -> None:
+    """docs/compatibility.md Q1: the old QoE exporter counted the ladder's pixels over the configured 120 s and
+    printed %.4e; ours counts them over the measured end - start and keeps every digit."""
+    from shared.schemas import PowerSummary
+
+    doc = json.loads((EXAMPLES / "test_results_20251228_203216.json").read_text())
+    [raw] = [
+        s for s in doc["scenarios"] if s["name"] == "Multi-resolution ladder test 1080p+720p+480p @ 2500k"
+    ]
+    scenario = msgspec.convert(raw, Scenario)
+    scenario = msgspec.structs.replace(
+        scenario,
+        vmaf_score=vmaf,
+        power=PowerSummary(total_energy_joules=975.604),  # the old exporter's input
+    )
+    per_second = (1920 * 1080 + 1280 * 720 + 854 * 480) * 30  # the three renditions at 30 fps, px/s
+    measured = 1766950176.7471232 - 1766950056.7466147  # 120.000509 s
+    old = per_second * 120 * (vmaf / 100) / 975.604
+    ours = per_second * measured * (vmaf / 100) / 975.604
+    [q] = compute_qoe(run_input(scenario), qoe_settings(parse_flags(qoe_flags))).scenarios
+    assert q.qoe_efficiency_score is not None
+    assert q.qoe_efficiency_score == pytest.approx(ours, rel=1e-12)
+    assert q.qoe_efficiency_score / old - 1 == pytest.approx(4.2379e-6, rel=1e-4)  # measured / configured
+    assert f"{old:.4e}" == old_printed
+    assert f"{q.qoe_efficiency_score:.6g}" == ours_6_digits
+
+
 def test_results_are_result_envelopes() -> None:
     for kind in load_kinds():
         assert issubclass(kind.result, ResultEnvelope)

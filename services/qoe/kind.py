@@ -24,7 +24,7 @@ from pathlib import Path
 from shared.config import flag, positive_float
 from shared.families import QOE_LABELS, Family, RunView, Spec, legacy_scenario_label, per_scenario, unique
 from shared.kinds import Kind
-from shared.parsing import measured_duration_s
+from shared.parsing import scenario_duration_s
 from shared.runs import RunInput, make_result
 from shared.schemas import QoEResult, QoEScenario, Scenario
 from shared.scoring import (
@@ -182,7 +182,8 @@ def qoe_of(index: int, scenario: Scenario, tel: ResolvedTelemetry, settings: QoE
                 f"{scenario.total_frames} is not a rate"
             )
     vmaf = valid.get("vmaf_score")
-    duration = measured_duration_s(scenario)
+    # The duration the pixels are counted over, and that the energy of a power series spans (P6).
+    duration = scenario_duration_s(scenario)
     measured = Measured(
         mean_power_w=scenario_mean_power_w(tel, duration, include_gpu=True),
         energy_j=total_energy_j(tel),
