@@ -695,7 +695,10 @@ def test_report_compare(system: System, two_runs: TwoRuns) -> None:
 def test_status(system: System) -> None:
     done = system.cli("status")
     assert done.returncode == 0, done.stdout + done.stderr
-    listed = {line.split()[0] for line in done.stdout.split("backlog")[0].splitlines()[1:] if line.strip()}
+    # The block between "services:" and "backlog" lists one service per indented line.
+    block = done.stdout.split("services:\n", 1)[1].split("backlog")[0]
+    listed = {line.split()[0] for line in block.splitlines() if line.strip()}
+    assert done.stdout.splitlines()[0].startswith(f"system: {system.nats_url} (from ")
     assert listed == SERVICES
     answer = system.json("status")
     assert answer["ok"] is True and answer["problems"] == []
